@@ -1,0 +1,225 @@
+"""Datasets by name, preprocessing, and device-resident batching.
+
+`load(config.data)` resolves a name in this order:
+  1. local IDX files (`train-images-idx3-ubyte[.gz]` & co.) in config.data.data_dir, $JCNN_DATA_DIR (or a sub-folder
+     named after the dataset in either), or the Debian package's folder (/usr/share/datasets/fashion-mnist);
+  2. tensorflow-datasets, imported only here (it pulls in TensorFlow), which reads its cache or downloads;
+  3. otherwise a DataError whose one line says how to get the data.
+`synthetic` makes a small learnable dataset in memory, for tests.
+
+The arrays are put on the device once. Shuffling and batching are index arrays made with jax.random: a training step
+gathers its batch on the device (`images[idx]`), so there is no host loop or host->device copy per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn.errors import DataError
+
+DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Arrays on the device. Images [N, H, W, C] float32 after preprocessing; labels [N] int32."""
+  name: str
+  train_x: jax.Array
+  train_y: jax.Array
+  test_x: jax.Array
+  test_y: jax.Array
+  val_x: jax.Array | None
+  val_y: jax.Array | None
+  num_classes: int
+  stats: dict  # preprocessing statistics (from the training split only), for the record and for inference
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.train_x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources. Each returns uint8 (or float) numpy arrays: (train_x [N,H,W,C], train_y, test_x, test_y, num_classes).
+def read_idx(path: str) -> np.ndarray:
+  """Reads one IDX file (optionally gzipped): magic (0, 0, dtype, ndim), ndim big-endian uint32 sizes, then data."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:
+    raise DataError(f"cannot read IDX file {path}: {e}; re-install or re-download it") from None
+  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+    raise DataError(f"{path} is not an IDX file (bad magic number); re-install or re-download it")
+  dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+  if raw[2] not in dtypes:
+    raise DataError(f"{path}: unknown IDX data type 0x{raw[2]:02x}; re-install or re-download it")
+  ndim = raw[3]
+  shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+  data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+  if data.size != int(np.prod(shape)):
+    raise DataError(f"{path} is truncated ({data.size} of {int(np.prod(shape))} values); re-install or re-download it")
+  return data.reshape(shape)
+
+
+def _find(folder: str, stem: str) -> str | None:
+  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    p = os.path.join(folder, name)
+    if os.path.exists(p):
+      return p
+  return None
+
+
+def idx_dirs(name: str, data_dir: str = "") -> list[str]:
+  """Folders searched for `name`'s IDX files, in order."""
+  out = []
+  for base in (data_dir, os.environ.get("JCNN_DATA_DIR", "")):
+    if base:
+      out += [os.path.join(base, name), os.path.join(base, name.replace("_", "-")), base]
+  if name in DEBIAN_DIRS:
+    out.append(DEBIAN_DIRS[name])
+  return out
+
+
+def load_idx(folder: str):
+  arrays = {}
+  for split, (img, lab) in IDX_FILES.items():
+    x, y = read_idx(_find(folder, img)), read_idx(_find(folder, lab))
+    if x.shape[0] != y.shape[0]:
+      raise DataError(f"{folder}: {split} has {x.shape[0]} images but {y.shape[0]} labels; re-install the files")
+    arrays[split] = (x[..., None] if x.ndim == 3 else x, y.astype(np.int32))
+  num_classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
+  return arrays["train"] + arrays["test"] + (num_classes,)
+
+
+def load_tfds(name: str, data_dir: str = ""):
+  """tensorflow-datasets, imported lazily (it pulls in TensorFlow). Downloads on first use where a network exists."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise DataError(f"dataset {name!r} is not on disk and tensorflow-datasets is not installed: "
+                    f"`pip install tensorflow-datasets tensorflow-cpu`, or put IDX files in $JCNN_DATA_DIR/{name}") \
+      from None
+  kw = {"data_dir": data_dir} if data_dir else {}
+  try:
+    builder = tfds.builder(TFDS_NAMES[name], **kw)
+    builder.download_and_prepare()
+    splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1, as_supervised=True)) for s in ("train", "test")]
+    num_classes = builder.info.features["label"].num_classes
+  except Exception as e:  # pylint: disable=broad-except  (network, checksum and TF errors all mean "not available")
+    reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    hint = (f"or, offline, `apt-get install dataset-fashion-mnist` or put its IDX files in $JCNN_DATA_DIR/{name}"
+            if name in ("fashion_mnist", "mnist") else "on a machine with a network, then copy ~/tensorflow_datasets")
+    raise DataError(f"dataset {name!r} is not on disk and tensorflow-datasets could not get it ({reason}); "
+                    f"run once with a network, {hint}") from None
+  (trx, try_), (tex, tey) = splits
+  return trx, try_.astype(np.int32), tex, tey.astype(np.int32), num_classes
+
+
+def synthetic(shape=(28, 28, 1), num_classes=10, n_train=2048, n_test=512, seed=0):
+  """A learnable toy problem: each class is a fixed random template plus noise. uint8, like real images."""
+  rng = np.random.default_rng(seed)
+  templates = rng.uniform(0, 255, size=(num_classes,) + tuple(shape))
+
+  def make(n):
+    y = rng.integers(0, num_classes, size=n).astype(np.int32)
+    x = 0.6 * templates[y] + 0.4 * rng.uniform(0, 255, size=(n,) + tuple(shape))
+    return x.astype(np.uint8), y
+
+  return make(n_train) + make(n_test) + (num_classes,)
+
+
+def load_raw(name: str, data_dir: str = "", synthetic_shape=(28, 28, 1), synthetic_size=(2048, 512)):
+  if name == "synthetic":
+    return synthetic(tuple(synthetic_shape), n_train=synthetic_size[0], n_test=synthetic_size[1])
+  for folder in idx_dirs(name, data_dir):
+    if _find(folder, IDX_FILES["train"][0]):
+      return load_idx(folder)
+  if name not in TFDS_NAMES:
+    raise DataError(f"unknown dataset {name!r}: set config.data.name to one of "
+                    f"{', '.join(sorted(TFDS_NAMES) + ['synthetic'])}")
+  return load_tfds(name, data_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing. Statistics come from the training split only (after the validation hold-out).
+def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
+  """Returns (train, others, stats): float32 arrays in [0, 1]-scale then `method`, per channel."""
+  if method not in PREPROCESS:
+    raise DataError(f"unknown preprocessing {method!r}: set config.data.preprocess to one of {', '.join(PREPROCESS)}")
+  scale = 255.0 if train.dtype == np.uint8 else 1.0
+  train = train.astype(np.float32) / scale
+  others = [o.astype(np.float32) / scale for o in others]
+  axes = tuple(range(train.ndim - 1))  # every axis but channels
+  stats: dict[str, Any] = {"method": method, "scale": scale}
+  if method in ("scale", "none"):
+    return train, others, stats
+  mean = train.mean(axes, dtype=np.float64).astype(np.float32)
+  if method == "center":
+    shift, div = mean, np.ones_like(mean)
+  elif method == "standardize":
+    shift, div = mean, np.maximum(train.std(axes, dtype=np.float64).astype(np.float32), 1e-6)
+  else:  # minmax
+    lo, hi = train.min(axes), train.max(axes)
+    shift, div = lo, np.maximum(hi - lo, 1e-6)
+  stats.update(shift=shift.tolist(), div=div.tolist())
+  return (train - shift) / div, [(o - shift) / div for o in others], stats
+
+
+def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
+  """config.data -> Dataset on the device. See experiments/*.py for the fields."""
+  trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg.get("data_dir", ""),
+                                               cfg.get("synthetic_shape", (28, 28, 1)),
+                                               cfg.get("synthetic_size", (2048, 512)))
+  if trx.ndim == 3:
+    trx, tex = trx[..., None], tex[..., None]
+  pad = int(cfg.get("pad", 0))
+  if pad:  # zero-pad every side, e.g. 28x28 -> 32x32 for LeNet-5's input
+    trx, tex = (np.pad(a, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) for a in (trx, tex))
+  val_size = int(cfg.get("val_size", 0))
+  vax = vay = None
+  if val_size:
+    if not 0 < val_size < len(trx):
+      raise DataError(f"config.data.val_size={val_size} must be between 0 and the {len(trx)} training images")
+    perm = np.random.default_rng(seed).permutation(len(trx))
+    vax, vay = trx[perm[:val_size]], try_[perm[:val_size]]
+    trx, try_ = trx[perm[val_size:]], try_[perm[val_size:]]
+  if cfg.get("train_limit", 0):
+    trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
+  if cfg.get("test_limit", 0):
+    tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
+  others = [tex] + ([vax] if vax is not None else [])
+  trx, others, stats = preprocess(trx, others, cfg.get("preprocess", "scale"))
+  put = jax.device_put
+  return Dataset(cfg["name"], put(trx), put(try_), put(others[0]), put(tey),
+                 put(others[1]) if vax is not None else None, put(vay) if vay is not None else None,
+                 num_classes, stats)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batching on the device.
+def epoch_batches(key: jax.Array, n: int, batch_size: int) -> jax.Array:
+  """A shuffled epoch as indices [steps, batch_size] (the last partial batch is dropped, as Keras' shuffle does not
+  but every compiled step then has one shape)."""
+  steps = n // batch_size
+  if steps == 0:
+    raise DataError(f"batch size {batch_size} is larger than the {n} training images; lower config.train.batch_size")
+  return jax.random.permutation(key, n)[:steps * batch_size].reshape(steps, batch_size)
+
+
+def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """All n examples in order as indices [steps, batch_size] with a mask [steps, batch_size] for the padded tail."""
+  batch_size = min(batch_size, n)
+  steps = -(-n // batch_size)
+  idx = np.arange(steps * batch_size)
+  return np.minimum(idx, n - 1).reshape(steps, -1), (idx < n).reshape(steps, -1)

@@ -21,6 +21,7 @@ def get_config():
       train_limit=0,            # use only the first N training examples (0 = all)
       test_limit=0,
       pad=0,                    # zero-pad each image side by this many pixels
+      augment="none",           # none | flip | crop | flip_crop (on the device, per step)
   ))
   c.train = ml_collections.ConfigDict(dict(
       epochs=5, batch_size=64, seed=0, loss="cross_entropy",

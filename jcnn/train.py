@@ -227,6 +227,9 @@ def check_config(config) -> None:
     raise ConfigError(f"unknown loss {config.train.loss!r}: set config.train.loss to one of {', '.join(LOSSES)}")
   if config.train.batch_size <= 0 or config.train.epochs < 0:
     raise ConfigError("config.train.batch_size must be > 0 and config.train.epochs >= 0")
+  if config.data.get("augment", "none") not in data_lib.AUGMENTATIONS:
+    raise ConfigError(f"unknown augmentation {config.data.augment!r}: choose one of "
+                      f"{', '.join(data_lib.AUGMENTATIONS)}")
   if config.data.preprocess not in data_lib.PREPROCESS:
     raise ConfigError(f"unknown preprocessing {config.data.preprocess!r}: choose one of "
                       f"{', '.join(data_lib.PREPROCESS)}")
@@ -295,10 +298,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_step = make_train_step(model, tx, config.train.loss, config.train.l2)
 
+  augment = config.data.get("augment", "none")
+
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def run_step(state, acc, images, labels, batches, rng):
     idx = batches[state.step % batches.shape[0]]             # [B] indices, gathered on the device
-    state, m = train_step(state, images[idx], labels[idx], rng)
+    x = data_lib.augment(jax.random.fold_in(rng, -1 - state.step), images[idx], augment)  # [B, H, W, C]
+    state, m = train_step(state, x, labels[idx], rng)
     return state, jax.tree.map(jnp.add, acc, m)
 
   eval_fn = _jit_eval_epoch(make_eval_step(model, config.train.loss))

@@ -1,0 +1,55 @@
+"""Shared test set-up: the repo root on sys.path, quiet TensorFlow, and a writer for tiny IDX datasets."""
+import gzip
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)   # `import jcnn` and `import experiments` without installing
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+  """The IDX encoding, written independently of jcnn.data: magic (0, 0, dtype code, ndim), big-endian sizes, data."""
+  a = np.asarray(a)
+  if a.dtype.kind in "if" and a.dtype.itemsize > 1:
+    a = a.astype(a.dtype.newbyteorder(">"))
+  return bytes([0, 0, IDX_CODES[a.dtype], a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
+
+
+def write_idx(path: str, a: np.ndarray) -> str:
+  data = idx_bytes(a)
+  if path.endswith(".gz"):
+    with gzip.open(path, "wb") as f:
+      f.write(data)
+  else:
+    with open(path, "wb") as f:
+      f.write(data)
+  return path
+
+
+def write_idx_dataset(folder, train_x, train_y, test_x, test_y, gz: bool = True) -> str:
+  """A dataset folder in the MNIST file layout (train-images-idx3-ubyte[.gz] & co.)."""
+  os.makedirs(folder, exist_ok=True)
+  ext = ".gz" if gz else ""
+  for stem, a in (("train-images-idx3-ubyte", train_x), ("train-labels-idx1-ubyte", train_y),
+                  ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", test_y)):
+    write_idx(os.path.join(str(folder), stem + ext), np.asarray(a))
+  return str(folder)
+
+
+@pytest.fixture
+def idx_dataset():
+  return write_idx_dataset
+
+
+@pytest.fixture
+def repo_root():
+  return ROOT

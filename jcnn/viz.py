@@ -32,3 +32,55 @@ def plot_learning_curves(metrics_path: str, out_path: str) -> str:
   fig.savefig(out_path, dpi=100)
   plt.close(fig)
   return out_path
+
+
+def plot_sweep(results: list[dict], rows: list[dict], keys, workdir: str) -> list[str]:
+  """accuracy_vs_<axis>.png (mean ± std over seeds, one line per value of the other axes) and curves.png (test accuracy
+  per epoch, every variant, coloured by grid point)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  paths = []
+  for axis in keys:
+    others = [k for k in keys if k != axis]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[tuple, list[dict]] = {}
+    for r in rows:
+      lines.setdefault(tuple(r[k] for k in others), []).append(r)
+    for label, rs in lines.items():
+      xs = [r[axis] for r in rs]
+      numeric = all(isinstance(x, (int, float)) for x in xs)
+      pos = xs if numeric else list(range(len(xs)))
+      ax.errorbar(pos, [r["test_accuracy_mean"] for r in rs], yerr=[r["test_accuracy_std"] for r in rs],
+                  fmt="-o", capsize=4, label=", ".join(f"{k}={v}" for k, v in zip(others, label)) or None)
+      if not numeric:
+        ax.set_xticks(pos, [str(x) for x in xs])
+      elif axis in ("init_scale", "learning_rate", "weight_decay", "l2") and min(xs) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("test accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    if others:
+      ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = f"{workdir}/accuracy_vs_{axis}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  points = sorted({tuple(str(r["hparams"][k]) for k in keys) for r in results})
+  colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
+  labelled = set()
+  for r in results:
+    p = tuple(str(r["hparams"][k]) for k in keys)
+    c = colors[points.index(p)]
+    lab = ", ".join(f"{k}={v}" for k, v in zip(keys, p)) if p not in labelled else None
+    labelled.add(p)
+    ax.plot([e["epoch"] for e in r["curves"]], [e["test_accuracy"] for e in r["curves"]], marker="o", color=c, alpha=0.7,
+            label=lab, linestyle="--" if r["failed"] else "-")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("test accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(f"{workdir}/curves.png", dpi=100)
+  plt.close(fig)
+  return paths + [f"{workdir}/curves.png"]

@@ -25,7 +25,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,10 +129,6 @@ def chunk_size(n_variants: int, per_variant: int, budget: int, max_chunk: int = 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One group of variants: stacked state, one compiled step.
-def _stack(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def variant_arrays(variants: Sequence[dict]) -> dict:
   """The traced hyperparameters, [V] arrays (activation as its index)."""
   return {"seed": jnp.asarray([v["seed"] for v in variants], jnp.int32),
@@ -149,16 +145,18 @@ def default_strategy() -> str:
   return "vmap"
 
 
-def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
-                on_epoch=None) -> dict:
-  """Trains len(variants) models that share parameter shapes in one compiled program.
+class GroupFns(NamedTuple):
+  """The compiled pieces of one group: init(hp) -> states; step(states, failed, acc, hp, batches) -> same;
+  evaluate(states, hp, x, y, idx, mask) -> metric sums [V]; batches(hp, epoch) -> [V, steps, B] indices."""
+  init: Callable
+  step: Callable
+  evaluate: Callable
+  batches: Callable
 
-  Returns {'history': [epoch rows with [V] arrays], 'final': {metric: [V]}, 'failed': [V] bool, 'state': stacked
-  TrainState, 'compile_seconds', 'seconds'}.
-  """
+
+def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto") -> GroupFns:
+  """Builds (and jits) the variant-stacked init, train step and evaluation for one group of a sweep."""
   strategy = default_strategy() if strategy == "auto" else strategy
-  V = len(variants)
-  hp = variant_arrays(variants)
   batch_size, epochs = config.train.batch_size, config.train.epochs
   n = len(ds.train_y)
   steps_per_epoch = n // batch_size
@@ -167,8 +165,7 @@ def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: S
   augment = config.data.get("augment", "none")
 
   def model_for(h):  # only swept model fields become traced; others keep their static config value
-    over = {a: (h[a] if a != "activation" else h["activation"]) for a in MODEL_AXES if a in swept}
-    return models.get(config.model, num_classes=ds.num_classes, **over)
+    return models.get(config.model, num_classes=ds.num_classes, **{a: h[a] for a in MODEL_AXES if a in swept})
 
   def keys_for(h):
     return jax.random.split(jax.random.key(h["seed"]), 3)  # k_init, k_data, k_dropout, as train_and_evaluate
@@ -218,12 +215,27 @@ def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: S
     eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
   else:
     raise ConfigError(f"unknown sweep strategy {strategy!r}: use auto, vmap or map")
+  batches = jax.jit(jax.vmap(lambda h, e: data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], e), n,
+                                                                 batch_size), in_axes=(0, None)))
+  return GroupFns(init_all, run_step, eval_all, batches)
 
+
+def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
+                on_epoch=None) -> dict:
+  """Trains len(variants) models that share parameter shapes in one compiled program.
+
+  Returns {'history': [epoch rows with [V] arrays], 'final': {metric: [V]}, 'failed': [V] bool, 'state': stacked
+  TrainState, 'compile_seconds', 'seconds'}.
+  """
+  strategy = default_strategy() if strategy == "auto" else strategy
+  V = len(variants)
+  hp = variant_arrays(variants)
+  epochs = config.train.epochs
+  steps_per_epoch = len(ds.train_y) // config.train.batch_size
+  init_all, run_step, eval_all, epoch_batches = make_group_fns(config, ds, swept, strategy)
   states = init_all(hp)
   failed = jnp.zeros((V,), bool)
   zero = lambda: {k: jnp.zeros((V,)) for k in ("loss_sum", "correct", "count")}
-  epoch_batches = jax.jit(jax.vmap(lambda h, e: data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], e), n,
-                                                                       batch_size), in_axes=(0, None)))
   test_idx, test_mask = (jnp.asarray(a) for a in data_lib.eval_batches(len(ds.test_y), config.train.eval_batch_size))
   history, compile_s, t0 = [], None, time.perf_counter()
   for epoch in range(1, epochs + 1):

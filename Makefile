@@ -1,0 +1,41 @@
+# Two commands:  `make run` (set up, then train the main experiment)  and  `make test` (set up, then the test suite).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= fashion_convnet
+ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data run test test-fast bench
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist: 70,000 real images, offline (/usr/share/datasets/fashion-mnist).
+data:
+	@if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist) \
+	  || echo "warning: could not apt-get install dataset-fashion-mnist; set JCNN_DATA_DIR to a folder of IDX files"; \
+	fi
+
+setup: $(VENV)/.installed data
+
+run: setup
+	$(BIN)/python launch.py --experiment=$(EXPERIMENT) $(ARGS)
+
+# pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
+test: setup
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The PyTorch comparison (CPU wheel): optional, never a runtime dependency.
+bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/throughput.py

@@ -1,0 +1,130 @@
+"""The command line, as a user runs it: `python launch.py ...` in a subprocess from the repo root.
+
+User errors exit with status 2 and exactly one stderr line, `error: ...`, that names the fix.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, write_idx_dataset
+
+from jcnn import data as data_lib
+
+ABSL_LOG = re.compile(r"^[IWE]\d{4} ")     # absl/glog lines (I1122 20:38:14.123 ...) are not our message
+
+
+def launch(*args, env=None, timeout=300):
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", **(env or {}))
+  return subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def error_lines(proc):
+  return [line for line in proc.stderr.splitlines() if line.strip() and not ABSL_LOG.match(line)]
+
+
+def assert_one_error(proc, *needles):
+  lines = error_lines(proc)
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+  assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+  for n in needles:
+    assert n in lines[0], (n, lines[0])
+  return lines[0]
+
+
+def test_list():
+  proc = launch("--list")
+  assert proc.returncode == 0, proc.stderr
+  listed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+  known = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py") and f[0] != "_")
+  assert listed == known
+  assert "93,322" in proc.stdout                               # descriptions come along
+
+
+def test_unknown_experiment():
+  line = assert_one_error(launch("--experiment=fashion_convnett"), "unknown experiment 'fashion_convnett'")
+  for name in ("fashion_convnet", "fashion_mlp", "mnist_convnet"):
+    assert name in line
+
+
+def test_no_experiment():
+  assert_one_error(launch(), "no experiment given")
+
+
+def test_unknown_config_key():
+  assert_one_error(launch("--experiment=fashion_convnet", "--config.train.epoch=1"),
+                   "--config.train.epoch", "did you mean --config.train.epochs?")
+  assert_one_error(launch("--experiment=fashion_convnet", "--config.optim.lerning_rate=0.1"),
+                   "did you mean --config.optim.learning_rate?")
+
+
+def test_wrong_type():
+  assert_one_error(launch("--experiment=fashion_convnet", "--config.train.epochs=abc"), "epochs", "abc")
+
+
+def test_bad_value_is_a_config_error():
+  assert_one_error(launch("--experiment=fashion_convnet", "--config.model.dropout_rate=1.5"), "dropout_rate", "[0, 1)")
+
+
+def test_missing_dataset(tmp_path):
+  # No IDX files anywhere, and TFDS cannot download: its cache is empty and every proxy points at a closed port.
+  # Offline TFDS fails in about 3 s here; the timeout is generous for slower machines.
+  dead = "http://127.0.0.1:9"
+  env = {"JCNN_DATA_DIR": str(tmp_path / "empty"), "TFDS_DATA_DIR": str(tmp_path / "tfds"), "HTTP_PROXY": dead,
+         "HTTPS_PROXY": dead, "http_proxy": dead, "https_proxy": dead, "NO_PROXY": "", "no_proxy": ""}
+  proc = launch("--experiment=fashion_convnet", "--config.data.name=mnist", f"--workdir={tmp_path / 'w'}", env=env)
+  assert_one_error(proc, "dataset 'mnist' is not on disk", "JCNN_DATA_DIR")
+  assert not (tmp_path / "w").exists()                         # nothing written for a run that cannot start
+
+
+def test_input_shape_that_does_not_fit(tmp_path):
+  # The config has no synthetic_shape key, so give the convnet 4x4 images as IDX files: conv1 -> 2x2 -> pool1 -> 1x1,
+  # and conv2's 3x3 kernel cannot fit.
+  rng = np.random.default_rng(0)
+  write_idx_dataset(tmp_path / "fashion_mnist", rng.integers(0, 256, (64, 4, 4), dtype=np.uint8),
+                    (np.arange(64) % 10).astype(np.uint8), rng.integers(0, 256, (16, 4, 4), dtype=np.uint8),
+                    (np.arange(16) % 10).astype(np.uint8))
+  proc = launch("--experiment=fashion_convnet", f"--workdir={tmp_path / 'w'}", env={"JCNN_DATA_DIR": str(tmp_path)})
+  assert_one_error(proc, "ConvNet cannot take input of shape (4, 4, 1)", "smaller than")
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
+def test_finished_workdir_is_not_overwritten(tmp_path):
+  workdir = tmp_path / "run"
+  args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.train.epochs=1",
+          "--config.data.train_limit=32", "--config.data.test_limit=32", "--config.train.batch_size=32",
+          f"--workdir={workdir}"]
+  first = launch(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert error_lines(first) == []
+  for f in ("config.json", "metrics.jsonl", "results.json"):
+    assert (workdir / f).exists(), f
+  before = (workdir / "results.json").read_bytes()
+  results = json.loads(before)
+  assert results["params"] == 93_322 and results["dataset"] == "synthetic" and results["final"]["step"] == 1
+  assert "Total params: 93,322" in first.stdout
+  second = launch(*args)
+  assert_one_error(second, "already holds a finished run", str(workdir))
+  assert (workdir / "results.json").read_bytes() == before
+
+
+def _fashion_on_disk() -> bool:
+  return any(data_lib._find(d, data_lib.IDX_FILES["train"][0])  # pylint: disable=protected-access
+             for d in data_lib.idx_dirs("fashion_mnist"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(os.path.join(data_lib.DEBIAN_DIRS["fashion_mnist"],
+                                                    "train-images-idx3-ubyte.gz")) and not _fashion_on_disk(),
+                    reason="Fashion-MNIST is not on disk: `apt-get install dataset-fashion-mnist` "
+                           "(/usr/share/datasets/fashion-mnist) or put its IDX files in $JCNN_DATA_DIR/fashion_mnist")
+def test_fashion_convnet_one_epoch(tmp_path):
+  proc = launch("--experiment=fashion_convnet", "--config.train.epochs=1", "--config.data.train_limit=2000",
+                f"--workdir={tmp_path / 'run'}", timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["final"]["test_accuracy"] > 0.6, results

@@ -1,0 +1,298 @@
+"""jcnn.train: optimizers, schedules, losses, the l2 penalty, pure steps, evaluation, and every experiment end to end."""
+import importlib
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import ROOT
+
+from jcnn import data as data_lib
+from jcnn import layers, train
+from jcnn.errors import ConfigError
+from jcnn.models.convnet import ConvNet
+
+
+class Linear(nn.Module):
+  """Flatten -> Dense: the smallest classifier, so each optimizer compiles quickly."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    return layers.Dense(10, name="head")(layers.Flatten()(x))
+
+
+@pytest.fixture(scope="module")
+def batch():
+  x = jax.random.normal(jax.random.key(0), (32, 4, 4, 1))
+  y = jax.random.randint(jax.random.key(1), (32,), 0, 10)
+  return x, y
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimizers and schedules.
+@pytest.mark.parametrize("name,lr", [("sgd", 0.5), ("momentum", 0.1), ("nesterov", 0.1), ("rmsprop", 0.01),
+                                     ("adam", 0.05), ("adamw", 0.05)])
+def test_optimizer_reduces_loss(batch, name, lr):
+  x, y = batch
+  model = Linear()
+  tx = train.make_optimizer({"name": name, "learning_rate": lr})
+  state = train.init_state(model, tx, jax.random.key(0), x)
+  step = jax.jit(train.make_train_step(model, tx))
+  losses = []
+  for _ in range(15):
+    state, m = step(state, x, y, jax.random.key(2))
+    losses.append(float(m["loss_sum"] / m["count"]))
+  assert int(state.step) == 15
+  assert losses[-1] < 0.7 * losses[0], losses
+  assert abs(float(train.learning_rate_of(state.opt_state)) - lr) < 1e-7
+
+
+def test_unknown_optimizer_and_schedule():
+  with pytest.raises(ConfigError, match="unknown optimizer 'adamm'"):
+    train.make_optimizer({"name": "adamm", "learning_rate": 0.1})
+  with pytest.raises(ConfigError, match="unknown schedule"):
+    train.make_optimizer({"name": "sgd", "learning_rate": 0.1, "schedule": "linear"})
+
+
+def _multipliers(cfg, total_steps, n):
+  """The schedule's multiplier at steps 0..n-1: SGD with learning rate 1 on a gradient of 1 updates by -mult(step)."""
+  tx = train.make_optimizer(dict(cfg, name="sgd", learning_rate=1.0), total_steps)
+  params = {"w": jnp.zeros(())}
+
+  @jax.jit
+  def run(opt_state):
+    def body(s, _):
+      updates, s = tx.update({"w": jnp.ones(())}, s, params)
+      return s, -updates["w"]
+    return jax.lax.scan(body, opt_state, None, length=n)[1]
+
+  return np.asarray(run(tx.init(params)))
+
+
+def test_step_schedule_boundaries():
+  m = _multipliers({"schedule": "step", "boundaries": (0.5, 0.75), "decay_factor": 0.1}, 100, 101)
+  # Boundaries at 50% and 75% of 100 steps: x1 before step 50, x0.1 from step 50, x0.01 from step 75.
+  for step, want in ((0, 1.0), (49, 1.0), (50, 0.1), (74, 0.1), (75, 0.01), (100, 0.01)):
+    assert m[step] == pytest.approx(want, rel=1e-5), step
+
+
+def test_cosine_schedules():
+  m = _multipliers({"schedule": "cosine"}, 100, 101)
+  for step in (0, 25, 50, 90, 100):
+    assert m[step] == pytest.approx(0.5 * (1 + math.cos(math.pi * step / 100)), abs=1e-6), step
+  assert m[100] == pytest.approx(0.0, abs=1e-6) and m[0] == pytest.approx(1.0)
+  w = _multipliers({"schedule": "warmup_cosine", "warmup_fraction": 0.1}, 100, 101)
+  # 10 warm-up steps from 0 to 1, then a cosine from 1 at step 10 to 0 at step 100.
+  assert w[0] == pytest.approx(0.0, abs=1e-7) and w[5] == pytest.approx(0.5) and w[10] == pytest.approx(1.0)
+  assert w[55] == pytest.approx(0.5, abs=1e-5) and w[100] == pytest.approx(0.0, abs=1e-6)
+  c = _multipliers({"schedule": "constant"}, 100, 3)
+  np.testing.assert_array_equal(c, [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_set_hyperparam_round_trip(schedule):
+  tx = train.make_optimizer({"name": "adamw", "learning_rate": 0.1, "weight_decay": 0.01, "schedule": schedule}, 10)
+  params = {"w": jnp.ones(3)}
+  s = tx.init(params)
+  assert float(train.learning_rate_of(s)) == pytest.approx(0.1)
+  s2 = train.set_hyperparam(s, "learning_rate", 0.25)
+  assert float(train.learning_rate_of(s2)) == 0.25 and float(train.learning_rate_of(s)) == pytest.approx(0.1)
+  assert jax.tree.structure(s2) == jax.tree.structure(s)       # same tree: fits a compiled step
+  s3 = train.set_hyperparam(s2, "weight_decay", 0.5)
+  inner = s3 if hasattr(s3, "hyperparams") else s3[0]
+  assert float(inner.hyperparams["weight_decay"]) == 0.5
+  # The new rate is the one used: SGD's update is -lr * g.
+  sgd = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})
+  st = train.set_hyperparam(sgd.init(params), "learning_rate", 0.3)
+  updates, _ = sgd.update({"w": jnp.full(3, 2.0)}, st, params)
+  np.testing.assert_allclose(updates["w"], -0.6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses and the l2 penalty.
+def test_losses_by_hand():
+  logits = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+  labels = jnp.array([2, 0])
+  # Cross-entropy = log(sum exp(z)) - z_label.
+  ce = train.per_example_loss("cross_entropy", logits, labels)
+  np.testing.assert_allclose(ce, [math.log(math.e + math.e ** 2 + math.e ** 3) - 3, math.log(3)], rtol=1e-6)
+  # mse: mean over classes of (softmax - onehot)^2. Row 2: p = 1/3 each -> ((2/3)^2 + 2 (1/3)^2) / 3 = 2/9.
+  z = math.e + math.e ** 2 + math.e ** 3
+  p = [math.e / z, math.e ** 2 / z, math.e ** 3 / z]
+  row1 = (p[0] ** 2 + p[1] ** 2 + (p[2] - 1) ** 2) / 3
+  np.testing.assert_allclose(train.per_example_loss("mse", logits, labels), [row1, 2 / 9], rtol=1e-6)
+  with pytest.raises(ConfigError, match="unknown loss"):
+    train.per_example_loss("hinge", logits, labels)
+  with pytest.raises(ConfigError, match="unknown loss"):
+    train.make_train_step(Linear(), optax.sgd(0.1), loss="hinge")
+
+
+def test_l2_penalty_kernels_only():
+  params = {"conv1": {"kernel": jnp.array([[1.0, -2.0], [3.0, 0.5]]), "bias": jnp.array([10.0, 20.0])},
+            "act1": {"slope": jnp.array(5.0)},
+            "head": {"kernel": jnp.array([4.0]), "bias": jnp.array([7.0])}}
+  assert float(train.l2_penalty(params)) == pytest.approx(0.5 * (1 + 4 + 9 + 0.25 + 16))
+  assert float(train.l2_penalty({"b": {"bias": jnp.ones(3)}})) == 0.0
+  v = ConvNet(activation="prelu").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  by_hand = 0.5 * sum(float(jnp.sum(v[k]["kernel"] ** 2)) for k in ("conv1", "conv2", "conv3", "dense1", "head"))
+  assert float(train.l2_penalty(v)) == pytest.approx(by_hand, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure steps.
+TINY = dict(features=(4,), dense=8)   # conv 3x3x4 -> flatten -> dense 8 -> head: compiles in a moment
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  x = jax.random.normal(jax.random.key(0), (16, 6, 6, 1))
+  y = jax.random.randint(jax.random.key(1), (16,), 0, 10)
+  return x, y
+
+
+def _step_and_state(dropout, l2=0.0, lr=0.1):
+  model = ConvNet(dropout_rate=dropout, **TINY)
+  tx = train.make_optimizer({"name": "sgd", "learning_rate": lr})
+  return model, jax.jit(train.make_train_step(model, tx, l2=l2)), tx
+
+
+def test_train_step_deterministic_and_keys_per_step(tiny):
+  x, y = tiny
+  model, step, tx = _step_and_state(0.5)
+  state = train.init_state(model, tx, jax.random.key(3), x)
+  a, ma = step(state, x, y, jax.random.key(4))
+  b, mb = step(state, x, y, jax.random.key(4))
+  jax.tree.map(np.testing.assert_array_equal, (a, ma), (b, mb))         # same rng, same everything
+  c, mc = step(state, x, y, jax.random.key(5))
+  assert float(ma["loss_sum"]) != float(mc["loss_sum"])                 # another rng, another dropout mask
+  assert int(a.step) == 1
+  # The dropout key is fold_in(rng, step): the same state at step 7 draws a different mask with the same rng.
+  _, m7 = step(state.replace(step=jnp.int32(7)), x, y, jax.random.key(4))
+  assert float(m7["loss_sum"]) != float(ma["loss_sum"])
+  # Without dropout the step number does not matter, and metrics are the model's own.
+  model0, step0, _ = _step_and_state(0.0)
+  _, n0 = step0(state, x, y, jax.random.key(4))
+  _, n7 = step0(state.replace(step=jnp.int32(7)), x, y, jax.random.key(4))
+  assert float(n0["loss_sum"]) == float(n7["loss_sum"])
+  logits = model0.apply({"params": state.params}, x)
+  assert float(n0["count"]) == 16
+  assert float(n0["correct"]) == float((logits.argmax(-1) == y).sum())
+  np.testing.assert_allclose(n0["loss_sum"], optax.softmax_cross_entropy_with_integer_labels(logits, y).sum(),
+                             rtol=1e-5)
+
+
+def test_train_step_l2_gradient(tiny):
+  x, y = tiny
+  model, step_l2, tx = _step_and_state(0.0, l2=0.1, lr=1.0)
+  _, step_0, _ = _step_and_state(0.0, l2=0.0, lr=1.0)
+  state = train.init_state(model, tx, jax.random.key(3), x)
+  a, _ = step_l2(state, x, y, jax.random.key(0))
+  b, _ = step_0(state, x, y, jax.random.key(0))
+  # d/dw of 0.1 * 0.5 * sum(w^2) is 0.1 * w: SGD with lr 1 moves kernels by a further -0.1 * w, biases not at all.
+  for layer in ("conv1", "dense1", "head"):
+    np.testing.assert_allclose(a.params[layer]["kernel"] - b.params[layer]["kernel"],
+                               -0.1 * state.params[layer]["kernel"], atol=1e-6)
+    np.testing.assert_array_equal(a.params[layer]["bias"], b.params[layer]["bias"])
+
+
+@pytest.mark.parametrize("batch_size", [10, 37, 64])
+def test_evaluate_counts_every_example(batch_size):
+  n = 37
+  x = jax.random.normal(jax.random.key(0), (n, 6, 6, 1))
+  y = jax.random.randint(jax.random.key(1), (n,), 0, 10)
+  model = ConvNet(**TINY)
+  tx = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})
+  state = train.init_state(model, tx, jax.random.key(2), x)
+  m = train.evaluate(model, state, x, y, batch_size=batch_size)
+  logits = model.apply({"params": state.params}, x)
+  assert m["count"] == n
+  assert m["accuracy"] == pytest.approx(float((logits.argmax(-1) == y).mean()))
+  assert m["loss"] == pytest.approx(float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()),
+                                    rel=1e-5)
+
+
+def test_init_state_shape_error():
+  from jcnn.errors import ShapeError  # pylint: disable=g-import-not-at-top
+  tx = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})
+  with pytest.raises(ShapeError, match=r"ConvNet cannot take input of shape \(6, 6, 1\)"):
+    train.init_state(ConvNet(), tx, jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+
+
+def test_check_config_rejects():
+  from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
+  for path, value, msg in (("model.dropout_rate", 1.0, "dropout_rate"), ("model.activation", "relu6", "relu6"),
+                           ("model.init_scale", 0.0, "init_scale"), ("optim.name", "adamm", "adamm"),
+                           ("train.loss", "hinge", "hinge"), ("train.batch_size", 0, "batch_size"),
+                           ("data.augment", "rotate", "rotate"), ("data.preprocess", "whiten", "whiten")):
+    c = fashion_convnet.get_config()
+    section, key = path.split(".")
+    c[section][key] = value
+    with pytest.raises(ConfigError, match=msg):
+      train.check_config(c)
+  train.check_config(fashion_convnet.get_config())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every experiment, one step, end to end.
+EXPERIMENTS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py") and f[0] != "_")
+CORE = ("fashion_convnet", "fashion_mlp", "mnist_convnet")   # fast; the zoo's bigger models compile for minutes on CPU
+
+
+def _offline(cfg) -> bool:
+  name = cfg.data.name
+  return name == "synthetic" or any(data_lib._find(d, data_lib.IDX_FILES["train"][0])  # pylint: disable=protected-access
+                                    for d in data_lib.idx_dirs(name, cfg.data.get("data_dir", "")))
+
+
+def test_experiments_found():
+  assert {"fashion_convnet", "fashion_mlp", "mnist_convnet"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", [n if n in CORE else pytest.param(n, marks=pytest.mark.slow) for n in EXPERIMENTS])
+def test_experiment_one_step(name, tmp_path):
+  module = importlib.import_module(f"experiments.{name}")
+  c = module.get_config()
+  assert c.name == name and module.__doc__ and "launch.py" in module.__doc__
+  if not _offline(c):
+    if c.data.name in getattr(data_lib, "TEXT_DATASETS", ()):
+      pytest.skip(f"{c.data.name} is not on disk and data.synthetic makes only images (no synthetic text)")
+    c.data.name = "synthetic"
+  c.train.epochs = 1
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 16
+  c.train.log_every = 1
+  c.data.train_limit = 16                 # one step
+  c.data.test_limit = 24                  # two eval batches, the second partial
+  c.data.val_size = 0
+  workdir = str(tmp_path / name)
+  if hasattr(module, "get_sweep"):
+    from jcnn import sweep  # pylint: disable=g-import-not-at-top
+    s = module.get_sweep()
+    s.seeds = 1
+    out = sweep.run_sweep(c, s, workdir)
+    assert os.path.exists(os.path.join(workdir, "config.json"))
+    with open(os.path.join(workdir, "summary.json")) as f:
+      assert json.load(f)
+    assert out["results"]
+    return
+  out = train.train_and_evaluate(c, workdir)
+  for f in ("config.json", "metrics.jsonl", "results.json"):
+    assert os.path.exists(os.path.join(workdir, f)), f
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["config"]["name"] == name
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["kind"] for r in rows] == ["epoch"] and rows[0]["step"] == 1     # one step; log_every 1, but the
+  assert results["experiment"] == name and results["epochs"] == 1            # compiling step is not logged
+  assert results["final"]["step"] == 1 and 0.0 <= results["final"]["test_accuracy"] <= 1.0
+  assert math.isfinite(results["final"]["test_loss"]) and results["params"] == out["results"]["params"] > 0
+  assert int(out["state"].step) == 1
+  with pytest.raises(ConfigError, match="already holds a finished run"):
+    train.train_and_evaluate(c, workdir)

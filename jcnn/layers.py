@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -289,8 +290,56 @@ class Dense(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pooling. Non-overlapping VALID windows use a reshape + reduce (its gradient is a cheap mask); other windows use
-# strided slices. Both are much faster on XLA:CPU than reduce_window, whose gradient is select-and-scatter.
+# Pooling. Non-overlapping VALID windows use a reshape + reduce; other windows use strided slices. Both are much faster
+# on XLA:CPU than reduce_window, whose gradient is select-and-scatter. Non-overlapping max pooling has its own VJP
+# (`_window_max`): autodiff of reduce_max splits the gradient among ties, which costs a compare pass, a count reduction
+# and a divide over the full-size input; ours routes it to the first maximum of each window (what flax's max_pool,
+# PyTorch and TF do) in one elementwise pass that XLA fuses with the activation's backward. benchmarks/throughput.py.
+def _window_view(x: Array, window: Sequence[int]) -> tuple[Array, tuple[int, ...]]:
+  """[B, *spatial, C] (each spatial size a multiple of its window) -> [B, H/2, 2, W/2, 2, C] view and window axes."""
+  shape = [x.shape[0]]
+  for n, w in zip(x.shape[1:-1], window):
+    shape += [n // w, w]
+  return x.reshape(shape + [x.shape[-1]]), tuple(2 + 2 * i for i in range(len(window)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: Array, window: tuple[int, ...]) -> Array:
+  xr, axes = _window_view(x, window)
+  return xr.max(axes)
+
+
+def _window_max_fwd(x, window):
+  y = _window_max(x, window)
+  return y, (x, y)
+
+
+def _window_max_bwd(window, res, dy):
+  x, y = res
+  xr, axes = _window_view(x, window)
+  yb = jnp.expand_dims(y, axes)                          # [B, H/2, 1, W/2, 1, C]
+  onehot_shape = [1] * xr.ndim
+  for a, w in zip(axes, window):
+    onehot_shape[a] = w
+  taken, sel = None, None
+  for pos in _ndindex(tuple(window)):                    # window positions in row-major order
+    idx = [slice(None)] * xr.ndim
+    for a, p in zip(axes, pos):
+      idx[a] = slice(p, p + 1)
+    eq = xr[tuple(idx)] == yb                            # this window mate holds the maximum
+    first = eq if taken is None else eq & ~taken         # ... and no earlier mate does
+    onehot = np.zeros(onehot_shape, bool)
+    onehot[tuple(pos[axes.index(a)] if a in axes else 0 for a in range(xr.ndim))] = True
+    term = jnp.asarray(onehot) & first
+    sel = term if sel is None else sel | term
+    taken = eq if taken is None else taken | eq
+  dxr = jnp.where(sel, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype))
+  return (dxr.reshape(x.shape),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
+
+
 def _pool(x: Array, window: Sequence[int], strides: Sequence[int] | None, padding: Padding, reduce: str) -> Array:
   nd = len(window)
   strides = tuple(window) if strides is None else ((strides,) * nd if isinstance(strides, int) else tuple(strides))
@@ -301,14 +350,12 @@ def _pool(x: Array, window: Sequence[int], strides: Sequence[int] | None, paddin
   out = [conv_output_size(x.shape[1 + i], window[i], 0, strides[i]) for i in range(nd)]
   if any(o < 1 for o in out):
     raise ValueError(f"pooling window {tuple(window)} is larger than its input {tuple(x.shape[1:-1])}")
-  if tuple(strides) == tuple(window):
+  if tuple(strides) == tuple(window) and (reduce == "max" or not any(lo or hi for lo, hi in pads)):
     x = lax.slice(x, [0] * x.ndim, [x.shape[0]] + [o * w for o, w in zip(out, window)] + [x.shape[-1]])
-    shape = [x.shape[0]]
-    for o, w in zip(out, window):
-      shape += [o, w]
-    x = x.reshape(shape + [x.shape[-1]])      # [B, H/2, 2, W/2, 2, C] for a 2x2 window
-    axes = tuple(2 + 2 * i for i in range(nd))
-    return x.max(axes) if reduce == "max" else x.mean(axes)
+    if reduce == "max":
+      return _window_max(x, tuple(window))
+    x, axes = _window_view(x, window)         # [B, H/2, 2, W/2, 2, C] for a 2x2 window
+    return x.mean(axes)
   cols = []
   for offs in _ndindex(tuple(window)):
     start = [0] + list(offs) + [0]

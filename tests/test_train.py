@@ -138,7 +138,7 @@ def test_l2_penalty_kernels_only():
             "head": {"kernel": jnp.array([4.0]), "bias": jnp.array([7.0])}}
   assert float(train.l2_penalty(params)) == pytest.approx(0.5 * (1 + 4 + 9 + 0.25 + 16))
   assert float(train.l2_penalty({"b": {"bias": jnp.ones(3)}})) == 0.0
-  v = ConvNet(activation="prelu").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+  v = jax.jit(ConvNet(activation="prelu").init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
   by_hand = 0.5 * sum(float(jnp.sum(v[k]["kernel"] ** 2)) for k in ("conv1", "conv2", "conv3", "dense1", "head"))
   assert float(train.l2_penalty(v)) == pytest.approx(by_hand, rel=1e-5)
 
@@ -261,7 +261,9 @@ def test_experiment_one_step(name, tmp_path):
   if not _offline(c):
     if c.data.name in getattr(data_lib, "TEXT_DATASETS", ()):
       pytest.skip(f"{c.data.name} is not on disk and data.synthetic makes only images (no synthetic text)")
+    shape = {"cifar10": (32, 32, 3)}.get(c.data.name, (28, 28, 1))   # the shape the model was built for
     c.data.name = "synthetic"
+    c.data.synthetic_shape = shape
   c.train.epochs = 1
   c.train.batch_size = 16
   c.train.eval_batch_size = 16

@@ -1,0 +1,285 @@
+"""Single-model training and evaluation throughput: jcnn against an equivalent PyTorch CPU implementation (issue 5).
+
+  python benchmarks/throughput.py                       # convnet b64, convnet b256, resnet20 b128; 7 windows
+  python benchmarks/throughput.py --quick               # convnet b64 only, 5 short windows
+  python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=/tmp/throughput.json
+
+jcnn runs its real path: `make_optimizer` + `make_train_step`, jitted with the state donated, each batch gathered on
+the device from device-resident arrays (as `train_and_evaluate` does); evaluation runs `make_eval_step`. PyTorch runs
+the same layers, optimizer and batch size (torch.set_num_threads = the jax CPU thread count). Both warm up, then
+windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians over windows and the
+median of the per-window ratios (the machine is shared and noisy: ratios from one window are fair, absolute numbers less
+so). Compile time is reported apart. Achieved GFLOP/s use forward FLOPs from `jcnn.summary.flops_per_example` (x3 for
+training) against a 2048^3 float32 jnp matmul measured in the same windows.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jcnn import models, summary, train  # noqa: E402
+
+CASES = {  # name -> (model config, input shape [H, W, C], optimizer config)
+    "convnet": ({"name": "convnet"}, (28, 28, 1), {"name": "rmsprop", "learning_rate": 1e-3}),
+    "resnet20": ({"name": "resnet20"}, (32, 32, 3), {"name": "momentum", "learning_rate": 0.1, "momentum": 0.9}),
+}
+DEFAULT = "convnet:64,convnet:256,resnet20:128"
+N_IMAGES = 4096          # device-resident synthetic dataset the batches are gathered from
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PyTorch twins (NCHW, same layers and parameter counts).
+def torch_model(name: str):
+  import torch.nn as tnn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  if name == "convnet":
+    class ConvNet(tnn.Module):
+      def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = tnn.Conv2d(1, 32, 3), tnn.Conv2d(32, 64, 3), tnn.Conv2d(64, 64, 3)
+        self.d1, self.head = tnn.Linear(576, 64), tnn.Linear(64, 10)
+
+      def forward(self, x):                              # [B, 1, 28, 28]
+        x = F.max_pool2d(F.relu(self.c1(x)), 2)          # [B, 32, 13, 13]
+        x = F.max_pool2d(F.relu(self.c2(x)), 2)          # [B, 64, 5, 5]
+        x = F.relu(self.c3(x)).flatten(1)                # [B, 576]
+        return self.head(F.relu(self.d1(x)))
+    return ConvNet()
+
+  if name == "resnet20":
+    class Block(tnn.Module):
+      def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1, self.bn1 = tnn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), tnn.BatchNorm2d(c_out)
+        self.conv2, self.bn2 = tnn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), tnn.BatchNorm2d(c_out)
+        self.stride, self.extra = stride, c_out - c_in
+
+      def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x
+        if self.stride != 1 or self.extra:               # option A: subsample and zero-pad channels
+          s = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, 0, self.extra))
+        return F.relu(y + s)
+
+    class ResNet20(tnn.Module):
+      def __init__(self, n=3):
+        super().__init__()
+        self.stem, self.bn = tnn.Conv2d(3, 16, 3, 1, 1, bias=False), tnn.BatchNorm2d(16)
+        blocks, c_in = [], 16
+        for i, w in enumerate((16, 32, 64)):
+          for j in range(n):
+            blocks.append(Block(c_in, w, 2 if i > 0 and j == 0 else 1))
+            c_in = w
+        self.blocks, self.head = tnn.Sequential(*blocks), tnn.Linear(64, 10)
+
+      def forward(self, x):
+        x = self.blocks(F.relu(self.bn(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+    return ResNet20()
+  raise ValueError(f"no PyTorch twin for {name!r}")
+
+
+def torch_optimizer(cfg, params):
+  import torch  # pylint: disable=g-import-not-at-top
+  if cfg["name"] == "rmsprop":   # Keras' RMSprop, as jcnn's make_optimizer
+    return torch.optim.RMSprop(params, lr=cfg["learning_rate"], alpha=0.9, eps=1e-7)
+  if cfg["name"] == "momentum":
+    return torch.optim.SGD(params, lr=cfg["learning_rate"], momentum=cfg.get("momentum", 0.9))
+  raise ValueError(cfg["name"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def build_jcnn(name: str, batch: int, images, labels, batches):
+  model_cfg, shape, optim_cfg = CASES[name]
+  model = models.get(model_cfg)
+  tx = train.make_optimizer(optim_cfg)
+  state = train.init_state(model, tx, jax.random.key(0), images[:1])
+  train_step = train.make_train_step(model, tx)
+  eval_step = train.make_eval_step(model)
+  rng = jax.random.key(1)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def run_step(state, acc, images, labels, batches, rng):    # as train_and_evaluate's run_step
+    idx = batches[state.step % batches.shape[0]]            # [B] indices, gathered on the device
+    state, m = train_step(state, images[idx], labels[idx], rng)
+    return state, jax.tree.map(jnp.add, acc, m)
+
+  @jax.jit
+  def run_eval(state, images, labels, batches, i):
+    idx = batches[i % batches.shape[0]]
+    return eval_step(state, images[idx], labels[idx], jnp.ones((batch,), bool))
+
+  zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+  t0 = time.perf_counter()
+  run_step = run_step.lower(state, zero, images, labels, batches, rng).compile()
+  compile_train = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  run_eval = run_eval.lower(state, images, labels, batches, 0).compile()
+  compile_eval = time.perf_counter() - t0
+  box = {"state": state, "acc": zero, "i": 0}
+
+  def train_n(n):
+    for _ in range(n):
+      box["state"], box["acc"] = run_step(box["state"], box["acc"], images, labels, batches, rng)
+    jax.block_until_ready(box["acc"])
+
+  def eval_n(n):
+    out = None
+    for _ in range(n):
+      box["i"] += 1
+      out = run_eval(box["state"], images, labels, batches, box["i"])
+    jax.block_until_ready(out)
+
+  flops = summary.flops_per_example(model, shape)
+  params = summary.count_params(box["state"].params)
+  return train_n, eval_n, {"compile_train_s": compile_train, "compile_eval_s": compile_eval,
+                           "forward_flops_per_image": flops, "params": params}
+
+
+def build_torch(name: str, images_nchw, labels, batches):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  net = torch_model(name)
+  opt = torch_optimizer(CASES[name][2], net.parameters())
+  box = {"i": 0}
+
+  def train_n(n):
+    net.train()
+    for _ in range(n):
+      idx = batches[box["i"] % len(batches)]
+      box["i"] += 1
+      opt.zero_grad(set_to_none=True)
+      F.cross_entropy(net(images_nchw[idx]), labels[idx]).backward()
+      opt.step()
+
+  def eval_n(n):
+    net.eval()
+    with torch.no_grad():
+      for _ in range(n):
+        idx = batches[box["i"] % len(batches)]
+        box["i"] += 1
+        logits = net(images_nchw[idx])
+        F.cross_entropy(logits, labels[idx], reduction="sum").item()
+        (logits.argmax(-1) == labels[idx]).sum().item()
+
+  return train_n, eval_n, {"params": sum(p.numel() for p in net.parameters())}
+
+
+def timed(fn, n):
+  t0 = time.perf_counter()
+  fn(n)
+  return time.perf_counter() - t0
+
+
+def calibrate(fn, target_s):
+  """Steps per window so one window lasts about target_s."""
+  dt = timed(fn, 2) / 2
+  return max(2, int(target_s / max(dt, 1e-6)))
+
+
+def run_case(name, batch, windows, window_s, mm):
+  import torch  # pylint: disable=g-import-not-at-top
+  shape = CASES[name][1]
+  rng = np.random.default_rng(0)
+  x = rng.random((N_IMAGES,) + shape, np.float32)
+  y = rng.integers(0, 10, N_IMAGES).astype(np.int32)
+  order = rng.permutation(N_IMAGES)[: (N_IMAGES // batch) * batch].reshape(-1, batch)
+  j_train, j_eval, j_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order))
+  t_train, t_eval, t_info = build_torch(name, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
+                                        torch.from_numpy(y.astype(np.int64)), torch.from_numpy(order.astype(np.int64)))
+  for f in (j_train, t_train, j_eval, t_eval):   # warm-up (first jcnn call also pays its last lazy init)
+    f(3)
+  fns = {"jcnn_train": j_train, "torch_train": t_train, "jcnn_eval": j_eval, "torch_eval": t_eval}
+  steps = {k: calibrate(f, window_s) for k, f in fns.items()}
+  rates = {k: [] for k in fns}
+  mm_rates = []
+  for _ in range(windows):
+    for k, f in fns.items():
+      rates[k].append(steps[k] * batch / timed(f, steps[k]))
+    mm_rates.append(mm())
+  med = {k: float(np.median(v)) for k, v in rates.items()}
+  ratio = {m: float(np.median(np.array(rates[f"jcnn_{m}"]) / np.array(rates[f"torch_{m}"]))) for m in ("train", "eval")}
+  flops = j_info["forward_flops_per_image"]
+  matmul = float(np.median(mm_rates))
+  return {"model": name, "batch": batch, "images_per_s": med, "ratio_jcnn_over_torch": ratio,
+          "windows": {k: [round(v, 1) for v in vs] for k, vs in rates.items()}, "steps_per_window": steps,
+          "compile_train_s": j_info["compile_train_s"], "compile_eval_s": j_info["compile_eval_s"],
+          "params_jcnn": j_info["params"], "params_torch": t_info["params"], "forward_mflops_per_image": flops / 1e6,
+          "matmul_gflops": matmul,
+          "gflops": {k: med[k] * flops * (3 if "train" in k else 1) / 1e9 for k in med},
+          "fraction_of_matmul": {k: med[k] * flops * (3 if "train" in k else 1) / 1e9 / matmul for k in med}}
+
+
+def make_matmul(n=2048, reps=3):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(f(a))
+
+  def rate():
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      out = f(a)
+    jax.block_until_ready(out)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+  return rate
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--models", default=None, help=f"comma list of model:batch (default {DEFAULT})")
+  p.add_argument("--windows", type=int, default=None, help="timed windows per implementation (median; default 7)")
+  p.add_argument("--window_s", type=float, default=None, help="seconds per window (default 1.0)")
+  p.add_argument("--quick", action="store_true", help="convnet:64 only, 5 windows of 0.5 s")
+  p.add_argument("--out", default="", help="write the results as JSON here")
+  args = p.parse_args(argv)
+  import torch  # pylint: disable=g-import-not-at-top
+  threads = int(os.environ.get("JCNN_BENCH_THREADS", os.cpu_count() or 1))
+  torch.set_num_threads(threads)
+  spec = args.models or ("convnet:64" if args.quick else DEFAULT)
+  windows = args.windows or (5 if args.quick else 7)
+  window_s = args.window_s or (0.5 if args.quick else 1.0)
+  mm = make_matmul()
+  rows, skipped = [], []
+  for item in spec.split(","):
+    name, batch = item.split(":")
+    try:
+      models.get(CASES[name][0])
+    except Exception as e:  # pylint: disable=broad-except  (a model another engineer has not landed yet)
+      skipped.append(f"{item}: {e}")
+      print(f"skipping {item}: {e}", flush=True)
+      continue
+    print(f"measuring {item} ...", flush=True)
+    rows.append(run_case(name, int(batch), windows, window_s, mm))
+  print(f"\njax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} ({threads} threads), "
+        f"{os.cpu_count()} cores; {windows} windows of ~{window_s}s, medians; ratio = median of per-window ratios")
+  print(f"{'model':10s} {'batch':>5s} | {'jcnn train':>10s} {'torch train':>11s} {'ratio':>6s} | {'jcnn eval':>9s} "
+        f"{'torch eval':>10s} {'ratio':>6s} | {'compile s':>9s} | {'train GFLOP/s':>13s} {'of matmul':>9s}")
+  for r in rows:
+    m, q = r["images_per_s"], r["ratio_jcnn_over_torch"]
+    print(f"{r['model']:10s} {r['batch']:5d} | {m['jcnn_train']:10.0f} {m['torch_train']:11.0f} {q['train']:6.2f} | "
+          f"{m['jcnn_eval']:9.0f} {m['torch_eval']:10.0f} {q['eval']:6.2f} | {r['compile_train_s']:9.1f} | "
+          f"{r['gflops']['jcnn_train']:13.1f} {r['fraction_of_matmul']['jcnn_train']:9.0%}")
+  if rows:
+    print(f"float32 matmul 2048^3: {np.median([r['matmul_gflops'] for r in rows]):.1f} GFLOP/s (median over windows)")
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"rows": rows, "skipped": skipped, "record": train.run_record(), "threads": threads,
+                 "windows": windows, "window_s": window_s}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

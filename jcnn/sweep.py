@@ -216,8 +216,16 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     run_step = jax.jit(lambda s, f, a, h, b: jax.lax.map(lambda args: step_one(*args), (s, f, a, h, b)),
                        donate_argnums=(0, 1, 2))
     eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
+  elif strategy == "unroll":  # the variants' steps written out one after another in one program (compile grows with V)
+    def run_step(s, f, a, h, b):
+      outs = [step_one(*jax.tree.map(lambda t: t[i], (s, f, a, h, b))) for i in range(h["seed"].shape[0])]
+      return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    init_all = jax.jit(lambda h: jax.lax.map(init_one, h))
+    run_step = jax.jit(run_step, donate_argnums=(0, 1, 2))
+    eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
   else:
-    raise ConfigError(f"unknown sweep strategy {strategy!r}: use auto, vmap or map")
+    raise ConfigError(f"unknown sweep strategy {strategy!r}: use auto, vmap, map or unroll")
   batches = jax.jit(jax.vmap(lambda h, e: data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], e), n,
                                                                  batch_size), in_axes=(0, None)))
   return GroupFns(init_all, run_step, eval_all, batches)

@@ -126,6 +126,54 @@ def load_tfds(name: str, data_dir: str = ""):
   return trx, try_.astype(np.int32), tex, tey.astype(np.int32), num_classes
 
 
+# Text: token ids [N, T] int32 (0 = padding, 1 = out of vocabulary), for TextCNN. TFDS reads or downloads the texts.
+TEXT_DATASETS = ("imdb_reviews",)
+TFDS_NAMES.update({n: n for n in TEXT_DATASETS})
+
+
+def tokenize(texts, max_len: int = 400, vocab_size: int = 20000, vocab: dict | None = None):
+  """Lower-cased word tokens (letters, digits, apostrophes; HTML `<br />` dropped) -> (ids [N, max_len] int32, vocab).
+
+  Without `vocab`, the vocabulary is the vocab_size - 2 most frequent words of `texts` (ties by first appearance), with
+  ids from 2; unknown words map to 1, and 0 pads. Texts longer than max_len keep their first max_len tokens.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  words = [re.findall(r"[a-z0-9']+", (t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t)).lower()
+                      .replace("<br />", " ")) for t in texts]
+  if vocab is None:
+    counts = collections.Counter(w for ws in words for w in ws)
+    vocab = {w: i + 2 for i, (w, _) in enumerate(counts.most_common(max(vocab_size - 2, 0)))}
+  ids = np.zeros((len(words), max_len), np.int32)
+  for i, ws in enumerate(words):
+    row = [vocab.get(w, 1) for w in ws[:max_len]]
+    ids[i, :len(row)] = row
+  return ids, vocab
+
+
+def load_text(cfg: Mapping[str, Any], seed: int = 0) -> "Dataset":
+  """config.data (name, max_len, vocab_size, val_size, train_limit, test_limit) -> Dataset of token ids on the device.
+  The vocabulary comes from the training split (after the validation hold-out)."""
+  trx, try_, tex, tey, num_classes = load_tfds(cfg["name"], cfg.get("data_dir", ""))
+  val_size = int(cfg.get("val_size", 0))
+  vax = vay = None
+  if val_size:
+    perm = np.random.default_rng(seed).permutation(len(trx))
+    vax, vay, trx, try_ = trx[perm[:val_size]], try_[perm[:val_size]], trx[perm[val_size:]], try_[perm[val_size:]]
+  if cfg.get("train_limit", 0):
+    trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
+  if cfg.get("test_limit", 0):
+    tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
+  max_len, vocab_size = int(cfg.get("max_len", 400)), int(cfg.get("vocab_size", 20000))
+  trx, vocab = tokenize(trx, max_len, vocab_size)
+  tex = tokenize(tex, max_len, vocab=vocab)[0]
+  vax = tokenize(vax, max_len, vocab=vocab)[0] if vax is not None else None
+  put = jax.device_put
+  return Dataset(cfg["name"], put(trx), put(try_), put(tex), put(tey), put(vax) if vax is not None else None,
+                 put(vay) if vay is not None else None, num_classes,
+                 {"method": "tokens", "max_len": max_len, "vocab_size": vocab_size})
+
+
 def synthetic(shape=(28, 28, 1), num_classes=10, n_train=2048, n_test=512, seed=0):
   """A learnable toy problem: each class is a fixed random template plus noise. uint8, like real images."""
   rng = np.random.default_rng(seed)
@@ -178,6 +226,8 @@ def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
 
 def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
   """config.data -> Dataset on the device. See experiments/*.py for the fields."""
+  if cfg["name"] in TEXT_DATASETS:
+    return load_text(cfg, seed)
   trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg.get("data_dir", ""),
                                                cfg.get("synthetic_shape", (28, 28, 1)),
                                                cfg.get("synthetic_size", (2048, 512)))

@@ -24,9 +24,10 @@ def _shape(out) -> str:
   return ", ".join(str(tuple(x.shape[1:])) for x in leaves) if leaves else "-"
 
 
-def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None) -> list[dict]:
+def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None,
+               input_dtype=jnp.float32) -> list[dict]:
   """[{'name', 'output_shape' (no batch axis), 'params', 'state'}] per submodule up to `depth` deep, in call order."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
   calls: list[dict] = []
 
   def record(next_fun, args, kwargs, context):
@@ -69,9 +70,9 @@ def _abstract_variables(model: nn.Module, x: jax.ShapeDtypeStruct):
                                              train=False), x)
 
 
-def flops_per_example(model: nn.Module, input_shape: Sequence[int]) -> float:
+def flops_per_example(model: nn.Module, input_shape: Sequence[int], input_dtype=jnp.float32) -> float:
   """Forward-pass FLOPs for one example, from XLA's cost analysis of the lowered (unoptimised) program."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
   variables = _abstract_variables(model, x)
   cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -79,10 +80,11 @@ def flops_per_example(model: nn.Module, input_shape: Sequence[int]) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None, flops: bool = True) -> str:
-  """The table as text. `depth` > 1 also lists the layers inside blocks."""
-  rows = layer_rows(model, input_shape, depth, variables)
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
+def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None, flops: bool = True,
+            input_dtype=jnp.float32) -> str:
+  """The table as text. `depth` > 1 also lists the layers inside blocks. `input_dtype=jnp.int32` for token ids."""
+  rows = layer_rows(model, input_shape, depth, variables, input_dtype)
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
   all_vars = variables or _abstract_variables(model, x)
   total = count_params(all_vars.get("params", {}))
   state = count_params(all_vars.get("batch_stats", {}))
@@ -95,5 +97,5 @@ def summary(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variab
   lines.append("=" * (w + s + 12))
   lines.append(f"Total params: {total:,}" + (f"   (+ {state:,} BatchNorm statistics, not trained)" if state else ""))
   if flops:
-    lines.append(f"Forward FLOPs per example: {flops_per_example(model, input_shape) / 1e6:,.2f} M")
+    lines.append(f"Forward FLOPs per example: {flops_per_example(model, input_shape, input_dtype) / 1e6:,.2f} M")
   return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Blocks: output shapes, parameter counts against hand counts, swappable parts, shortcuts, traced hyperparameters."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn import blocks
+from jcnn.summary import count_params
+
+KEY = jax.random.key(0)
+
+
+def init(block, x):
+  """Jitted: one compile is much cheaper than eager op-by-op dispatch of every slice of the im2col convs."""
+  return jax.jit(lambda x: block.init({"params": KEY, "dropout": KEY}, x, train=False))(x)
+
+
+def run(block, x, train=False):
+  variables = init(block, x)
+  return jax.jit(lambda v, x: block.apply(v, x, train=train, rngs={"dropout": KEY},
+                                          mutable=["batch_stats"] if train else False))(variables, x)
+
+
+def test_conv_block_shapes_and_bias():
+  x = jnp.ones((2, 9, 9, 3))
+  y = run(blocks.ConvBlock(8, (3, 3), 2), x)
+  assert y.shape == (2, 5, 5, 8)                       # ceil(9 / 2), as PyTorch's padding=1
+  v = init(blocks.ConvBlock(8, (3, 3)), x)
+  assert set(v["params"]["conv"]) == {"kernel"}       # no bias before BatchNorm
+  assert count_params(v["params"]) == 3 * 3 * 3 * 8 + 2 * 8
+  assert count_params(v["batch_stats"]) == 2 * 8
+  v = init(blocks.ConvBlock(8, (3, 3), norm=None), x)
+  assert count_params(v["params"]) == 3 * 3 * 3 * 8 + 8 and "batch_stats" not in v
+
+
+def test_group_norm_swaps_in():
+  block = blocks.ConvBlock(8, norm=functools.partial(nn.GroupNorm, num_groups=4))
+  v = init(block, jnp.ones((2, 6, 6, 3)))
+  assert "batch_stats" not in v and set(v["params"]["norm"]) == {"scale", "bias"}
+  assert run(block, jnp.ones((2, 6, 6, 3)), train=True)[0].shape == (2, 6, 6, 8)
+
+
+def test_batch_norm_train_updates_stats_eval_uses_them():
+  block = blocks.ConvBlock(4, norm=blocks.BATCH_NORM)
+  x = jax.random.normal(KEY, (4, 6, 6, 3)) * 3 + 1
+  v = init(block, x)
+  y, upd = run(block, x, train=True)
+  assert not np.allclose(upd["batch_stats"]["norm"]["mean"], 0)
+  y_eval = run(block, x)                             # running stats (0 mean, unit var): a different output
+  assert not np.allclose(y, y_eval)
+
+
+def test_basic_block_counts_projection_and_option_a():
+  x = jnp.ones((2, 8, 8, 16))
+  proj = init(blocks.BasicBlock(32, 2), x)
+  # conv1 3x3x16x32 + BN, conv2 3x3x32x32 + BN, projection 1x1x16x32 + BN
+  assert count_params(proj["params"]) == 4608 + 64 + 9216 + 64 + 512 + 64
+  pad = init(blocks.BasicBlock(32, 2, shortcut="pad"), x)
+  assert count_params(pad["params"]) == 4608 + 64 + 9216 + 64
+  assert run(blocks.BasicBlock(32, 2, shortcut="pad"), x).shape == (2, 4, 4, 32)
+  ident = init(blocks.BasicBlock(16, 1), x)            # same shape: identity, no projection
+  assert "proj" not in ident["params"]
+
+
+def test_pad_shortcut_subsamples_and_pads_evenly():
+  x = jnp.arange(2 * 4 * 4 * 2, dtype=jnp.float32).reshape(2, 4, 4, 2)
+  y = blocks.pad_shortcut(x, 6, 2)
+  assert y.shape == (2, 2, 2, 6)
+  np.testing.assert_array_equal(y[..., 2:4], x[:, ::2, ::2, :])
+  assert float(jnp.abs(y[..., :2]).sum() + jnp.abs(y[..., 4:]).sum()) == 0
+
+
+def test_bottleneck_matches_torchvision_layer1_block0():
+  v = init(blocks.Bottleneck(64), jnp.ones((1, 8, 8, 64)))
+  assert count_params(v["params"]) == 75_008           # resnet50.layer1[0] in torchvision
+  assert run(blocks.Bottleneck(64, 2), jnp.ones((1, 8, 8, 64))).shape == (1, 4, 4, 256)
+
+
+def test_dense_block_and_transition():
+  x = jnp.ones((2, 8, 8, 6))
+  y = run(blocks.DenseBlock(3, growth_rate=4), x)
+  assert y.shape == (2, 8, 8, 6 + 3 * 4)
+  v = init(blocks.DenseBlock(1, growth_rate=4, bottleneck_width=4), x)
+  # BN(6) + 1x1 6->16, BN(16) + 3x3 16->4 (no conv biases)
+  assert count_params(v["params"]) == 12 + 6 * 16 + 32 + 9 * 16 * 4
+  assert run(blocks.Transition(9), y).shape == (2, 4, 4, 9)
+
+
+@pytest.mark.slow   # two inits and a forward of a 6-conv block: long XLA:CPU compiles
+def test_inception_block_concatenates_branches():
+  block = blocks.InceptionBlock(4, 3, 5, 2, 3, 2)
+  assert run(block, jnp.ones((2, 7, 7, 8))).shape == (2, 7, 7, 4 + 5 + 3 + 2)
+  p3, p5 = (count_params(init(blocks.InceptionBlock(4, 3, 5, 2, 3, 2, k5=k), jnp.ones((1, 7, 7, 8)))["params"])
+            for k in (3, 5))
+  assert p5 - p3 == (25 - 9) * 2 * 3
+
+
+def test_vgg_block_halves():
+  assert run(blocks.VGGBlock(8, 2), jnp.ones((2, 8, 8, 3))).shape == (2, 4, 4, 8)
+
+
+def test_activation_index_and_dropout_rate_vmap():
+  """The activation (as an index into layers.ACTIVATIONS) and the dropout rate are traced: one vmapped program."""
+  x = jax.random.normal(KEY, (2, 6, 6, 16))
+  v = init(blocks.BasicBlock(16, activation=2, dropout_rate=0.1), x)
+
+  def f(act, rate):
+    return blocks.BasicBlock(16, activation=act, dropout_rate=rate).apply(
+        v, x, train=True, rngs={"dropout": KEY}, mutable=["batch_stats"])[0]
+
+  ys = jax.jit(jax.vmap(f))(jnp.array([2, 9]), jnp.array([0.0, 0.5]))   # relu / identity
+  assert ys.shape == (2, 2, 6, 6, 16)
+  assert float(ys[0].min()) >= 0 and float(ys[1].min()) < 0
+
+
+def test_bad_shortcut_is_an_error():
+  with pytest.raises(ValueError, match="shortcut"):
+    jax.eval_shape(lambda x: blocks.BasicBlock(8, 2, shortcut="nope").init(KEY, x, train=False), jnp.ones((1, 4, 4, 4)))

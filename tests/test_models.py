@@ -1,0 +1,156 @@
+"""The model zoo: exact parameter counts against published ones, output shapes, a loss that falls when training on a
+fixed batch, the summary of every model, and every zoo experiment's config building its model.
+
+Big models are only traced (jax.eval_shape): no memory, no compute. Real forward / training passes use tiny variants.
+"""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcnn import models, summary, train
+from jcnn.errors import DataError
+
+# (zoo name, field overrides, input shape [no batch], trainable parameters). References: torchvision's model
+# counts (alexnet, vgg*, resnet*, densenet121, googlenet without aux heads = its published 6,624,904), LeCun 1998's
+# LeNet-5 with a fully connected C3 (61,706), He et al. 2016's CIFAR ResNet-20 (0.27M; 269,722 with a 10-way fc),
+# DenseNet-BC-100 k=12 (the paper's 0.8M).
+COUNTS = [
+    ("lenet5", {}, (32, 32, 1), 61_706),
+    ("alexnet", {}, (224, 224, 3), 61_100_840),
+    ("vgg11", {}, (224, 224, 3), 132_863_336),
+    ("vgg13", {}, (224, 224, 3), 133_047_848),
+    ("vgg16", {}, (224, 224, 3), 138_357_544),
+    ("vgg19", {}, (224, 224, 3), 143_667_240),
+    ("vgg16", {"batch_norm": True}, (224, 224, 3), 138_365_992 - 4_224),   # torchvision's vgg16_bn less conv biases
+    ("googlenet", {}, (224, 224, 3), 6_624_904),
+    ("resnet18", {}, (224, 224, 3), 11_689_512),
+    ("resnet34", {}, (224, 224, 3), 21_797_672),
+    ("resnet50", {}, (224, 224, 3), 25_557_032),
+    ("resnet101", {}, (224, 224, 3), 44_549_160),
+    ("resnet20", {}, (32, 32, 3), 269_722),
+    ("densenet121", {}, (224, 224, 3), 7_978_856),
+    ("densenet_bc100", {}, (32, 32, 3), 769_162),
+]
+
+
+def abstract_init(model, shape, dtype=jnp.float32):
+  x = jax.ShapeDtypeStruct((2,) + tuple(shape), dtype)
+  variables = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+                                                  train=False), x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  return variables, out
+
+
+@pytest.mark.parametrize("name,fields,shape,expected", COUNTS, ids=[f"{c[0]}{'_bn' if c[1] else ''}" for c in COUNTS])
+def test_parameter_counts(name, fields, shape, expected):
+  variables, out = abstract_init(models.get({"name": name}, **fields), shape)
+  assert summary.count_params(variables["params"]) == expected
+  assert out.shape == (2, models.get({"name": name}).num_classes)
+
+
+def test_cifar_resnet_depths_and_densenet_bc_is_0_8m():
+  counts = {d: summary.count_params(abstract_init(models.get({"name": f"resnet{d}"}), (32, 32, 3))[0]["params"])
+            for d in (20, 32, 44, 56, 110)}
+  assert counts[20] == 269_722 and round(counts[56] / 1e6, 2) == 0.85 and round(counts[110] / 1e6, 1) == 1.7
+  assert round(769_162 / 1e6, 1) == 0.8
+
+
+# Every zoo entry at a small input it accepts (CIFAR-size or its native one), traced only.
+NATIVE = {"lenet5": (32, 32, 1), "alexnet": (64, 64, 3), "textcnn": (50,), "textcnn_tiny": (20,), "convnet": (28, 28, 1),
+          "mlp": (28, 28, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_every_model_traces_on_small_input(name):
+  shape = NATIVE.get(name, (32, 32, 3))
+  dtype = jnp.int32 if name.startswith("textcnn") else jnp.float32
+  model = models.get({"name": name}, num_classes=7)
+  _, out = abstract_init(model, shape, dtype)
+  assert out.shape == (2, 7)
+
+
+# Tiny members of each family, run for real: shapes, then a few training steps on one fixed batch lower the loss.
+# XLA:CPU takes tens of seconds to compile the deeper ones (GoogLeNet's 57 convs: minutes on a busy 2-core machine),
+# so those are marked slow.
+SLOW = pytest.mark.slow
+TINY = [
+    ("lenet5", {}, (32, 32, 1)),
+    ("resnet_tiny", {}, (8, 8, 3)),
+    ("textcnn_tiny", {"dropout_rate": 0.0}, (12,)),
+    pytest.param("alexnet", {"features": (8, 8, 8, 8, 8), "hidden": 16, "dropout_rate": 0.0}, (64, 64, 3), marks=SLOW),
+    pytest.param("vgg_tiny", {"dropout_rate": 0.0}, (32, 32, 3), marks=SLOW),
+    pytest.param("densenet_tiny", {}, (8, 8, 3), marks=SLOW),
+    pytest.param("googlenet_tiny", {"dropout_rate": 0.0}, (32, 32, 3), marks=SLOW),
+]
+
+
+@pytest.mark.parametrize("name,fields,shape", TINY)
+def test_tiny_model_trains_on_a_fixed_batch(name, fields, shape):
+  model = models.get({"name": name}, num_classes=4, **fields)
+  k1, k2 = jax.random.split(jax.random.key(0))
+  if name.startswith("textcnn"):
+    x = jax.random.randint(k1, (8,) + shape, 0, 100)
+  else:
+    x = jax.random.normal(k1, (8,) + shape)
+  y = jnp.arange(8) % 4
+  tx = train.make_optimizer({"name": "adam", "learning_rate": 3e-3})
+  state = jax.jit(lambda k, x: train.init_state(model, tx, k, x))(k2, x)   # jitted: eager init is slow on CPU
+  step = jax.jit(train.make_train_step(model, tx))
+  losses = []
+  for _ in range(6):
+    state, m = step(state, x, y, k2)
+    losses.append(float(m["loss_sum"] / m["count"]))
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
+  logits = jax.jit(lambda s, x: model.apply({"params": s.params, **({"batch_stats": s.batch_stats}
+                                                                     if s.batch_stats else {})}, x, train=False))(
+      state, x)
+  assert logits.shape == (8, 4)
+
+
+@pytest.mark.parametrize("name", sorted(models.ZOO))
+def test_summary_prints_every_model(name):
+  shape = NATIVE.get(name, (32, 32, 3))
+  dtype = jnp.int32 if name.startswith("textcnn") else jnp.float32
+  text = summary.summary(models.get({"name": name}, num_classes=10), shape, flops=False, input_dtype=dtype)
+  assert "Total params:" in text and len(text.splitlines()) > 5
+
+
+def test_summary_flops_for_token_input():
+  flops = summary.flops_per_example(models.get({"name": "textcnn_tiny"}), (20,), jnp.int32)
+  # three 1-d convs (windows 3, 4, 5) of 8 -> 4 channels: 2 * sum((20 - w + 1) * w * 8 * 4) multiply-adds
+  assert flops >= 2 * sum((20 - w + 1) * w * 8 * 4 for w in (3, 4, 5))
+
+
+EXPERIMENTS = {"lenet5_mnist": (32, 32, 1), "lenet5_fashion": (32, 32, 1), "resnet20_cifar10": (32, 32, 3),
+               "resnet20_fashion": (28, 28, 1), "vgg11_cifar10": (32, 32, 3), "densenet_bc_cifar10": (32, 32, 3),
+               "textcnn_imdb": (400,)}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiment_config_builds_its_model(name):
+  config = importlib.import_module(f"experiments.{name}").get_config()
+  train.check_config(config)
+  model = models.get(config.model, num_classes=10)
+  dtype = jnp.int32 if name.startswith("textcnn") else jnp.float32
+  _, out = abstract_init(model, EXPERIMENTS[name], dtype)
+  assert out.shape == (2, 10)
+
+
+@pytest.mark.slow   # imports TensorFlow (~5 s of CPU)
+def test_textcnn_imdb_offline_fails_with_one_line_data_error():
+  from jcnn import data  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module("experiments.textcnn_imdb").get_config()
+  assert config.model.vocab_size == config.data.vocab_size
+  with pytest.raises(DataError) as e:
+    data.load(config.data)
+  assert "imdb_reviews" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_tokenize():
+  from jcnn import data  # pylint: disable=g-import-not-at-top
+  ids, vocab = data.tokenize([b"A good film.<br />Good!", "bad film"], max_len=4, vocab_size=4)
+  assert vocab == {"good": 2, "film": 3}
+  np.testing.assert_array_equal(ids, [[1, 2, 3, 2], [1, 3, 0, 0]])

@@ -140,12 +140,19 @@ def variant_arrays(variants: Sequence[dict]) -> dict:
           "l2": jnp.asarray([v["l2"] for v in variants], jnp.float32)}
 
 
-def default_strategy() -> str:
-  """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py measures both):
-  GPU/TPU: 'vmap' — one batched program, 6.9x the sequential model-images/s at V=16 on an H100.
-  CPU: 'map' — a loop over variants inside one compiled program (lax.map): 1.5x the sequential rate at V=4-16 on 2
-  cores, where vmap measured 0.9-1.0x (XLA:CPU gains nothing from batching these small matmuls)."""
-  return "vmap" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "map"
+UNROLL_MAX = 8  # variants per unrolled CPU program: compile time grows with V (18 s at 8, 37 s at 16 on 2 cores)
+
+
+def default_strategy(n_variants: int = 1) -> str:
+  """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py; README has the table).
+  GPU/TPU: 'vmap' — one batched program: 6.9x the sequential model-images/s at V=16 on an H100.
+  CPU (2 cores): 'map' (a lax.map loop in one program) for V <= 2, where it matches sequential runs (1.00-1.01x);
+  'unroll' (the variants' steps written out in one program, at most UNROLL_MAX per chunk) for more, 0.75-0.81x against
+  0.64-0.69x for vmap and 0.51-0.56x for map. XLA:CPU gains nothing from batching these small matmuls, and the
+  single-model step it is compared with has a fused max-pool backward that loop bodies do not get as cheaply."""
+  if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
+    return "vmap"
+  return "map" if n_variants <= 2 else "unroll"
 
 
 class GroupFns(NamedTuple):
@@ -157,9 +164,11 @@ class GroupFns(NamedTuple):
   batches: Callable
 
 
-def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto") -> GroupFns:
-  """Builds (and jits) the variant-stacked init, train step and evaluation for one group of a sweep."""
-  strategy = default_strategy() if strategy == "auto" else strategy
+def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
+                   n_variants: int = 1) -> GroupFns:
+  """Builds (and jits) the variant-stacked init, train step and evaluation for one group of a sweep. The functions
+  work for any V; programs compile once per V (equal chunks share them)."""
+  strategy = default_strategy(n_variants) if strategy == "auto" else strategy
   batch_size, epochs = config.train.batch_size, config.train.epochs
   n = len(ds.train_y)
   steps_per_epoch = n // batch_size
@@ -232,18 +241,18 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
 
 
 def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
-                on_epoch=None) -> dict:
+                on_epoch=None, fns: GroupFns | None = None) -> dict:
   """Trains len(variants) models that share parameter shapes in one compiled program.
 
   Returns {'history': [epoch rows with [V] arrays], 'final': {metric: [V]}, 'failed': [V] bool, 'state': stacked
   TrainState, 'compile_seconds', 'seconds'}.
   """
-  strategy = default_strategy() if strategy == "auto" else strategy
   V = len(variants)
+  strategy = default_strategy(V) if strategy == "auto" else strategy
   hp = variant_arrays(variants)
   epochs = config.train.epochs
   steps_per_epoch = len(ds.train_y) // config.train.batch_size
-  init_all, run_step, eval_all, epoch_batches = make_group_fns(config, ds, swept, strategy)
+  init_all, run_step, eval_all, epoch_batches = fns or make_group_fns(config, ds, swept, strategy)
   states = init_all(hp)
   failed = jnp.zeros((V,), bool)
   zero = lambda: {k: jnp.zeros((V,)) for k in ("loss_sum", "correct", "count")}
@@ -294,12 +303,16 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
       lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x), ds.train_x[:1])["params"])
   per = bytes_per_variant(model, ds.image_shape, config.train.batch_size, n_params)
   k = chunk_size(len(variants), per, budget if budget is not None else device_memory_budget(), max_chunk)
-  out = []
+  if (strategy == "unroll" or (strategy == "auto" and default_strategy(k) == "unroll")) and k > UNROLL_MAX:
+    k = UNROLL_MAX   # equal chunks share one compiled program
+  out, fns = [], {}
   for start in range(0, len(variants), k):
     chunk = list(variants[start:start + k])
     print(f"variants {start + 1}-{start + len(chunk)} of {len(variants)} in one program "
           f"(chunk rule: {k} = min(max_chunk, memory budget / ~{per / 2**20:.0f} MiB per variant))", flush=True)
-    res = train_group(config, chunk, ds, swept, strategy, on_epoch)
+    strat = default_strategy(len(chunk)) if strategy == "auto" else strategy
+    fns.setdefault(strat, make_group_fns(config, ds, swept, strat))
+    res = train_group(config, chunk, ds, swept, strat, on_epoch, fns[strat])
     for j, v in enumerate(chunk):
       curves = [{key: (val[j].item() if isinstance(val, np.ndarray) else val) for key, val in row.items()}
                 for row in res["history"]]

@@ -45,7 +45,7 @@ def assert_trees_close(a, b, rtol=2e-4, atol=2e-5):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "map"])
+@pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
 def test_variant_equals_standalone_run(tmp_path, strategy):
   config = tiny_config()
   s = ablation_dropout.get_sweep()
@@ -79,16 +79,17 @@ def test_activation_and_init_scale_and_lr_axes_match_standalone(tmp_path):
     assert_trees_close(common, ref["state"].params)
 
 
-def test_one_compile_per_group(monkeypatch):
-  traces = []
-  real = train_lib.make_train_step
-  monkeypatch.setattr(train_lib, "make_train_step", lambda *a, **k: (traces.append(1), real(*a, **k))[1])
+@pytest.mark.parametrize("strategy", ["vmap", "map", "unroll"])
+def test_one_compile_per_group(strategy):
   config = tiny_config(epochs=2)
   s = sweep.default_sweep()
   s.seeds = 3
   s.dropout_rate = (0.0, 0.5)
-  sweep.train_variants(config, sweep.variants_of(config, s), swept=["dropout_rate"])
-  assert len(traces) == 1   # 6 variants x 2 epochs x 6 steps: traced (and compiled) once
+  ds = data_lib.load(config.data)
+  fns = sweep.make_group_fns(config, ds, ["dropout_rate"], strategy)
+  sweep.train_group(config, sweep.variants_of(config, s), ds, ["dropout_rate"], strategy, fns=fns)
+  assert fns.step._cache_size() == 1   # 6 variants x 2 epochs x 6 steps: one compiled train-step program
+  assert fns.evaluate._cache_size() == 1
 
 
 def test_diverging_variant_is_marked_and_others_unchanged():

@@ -65,6 +65,8 @@ def read_idx(path: str) -> np.ndarray:
   if raw[2] not in dtypes:
     raise DataError(f"{path}: unknown IDX data type 0x{raw[2]:02x}; re-install or re-download it")
   ndim = raw[3]
+  if len(raw) < 4 + 4 * ndim:
+    raise DataError(f"{path} is truncated (header ends early); re-install or re-download it")
   shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
   data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
   if data.size != int(np.prod(shape)):

@@ -82,7 +82,7 @@ def main(argv):
   del argv
   from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top  (after flags: keeps --list fast)
   FLAGS = flags.FLAGS
-  logging.set_verbosity(logging.WARNING)   # keep jax's backend-probing INFO lines out of the run's output
+  logging.set_verbosity(logging.ERROR)   # jax's backend probing and TFDS's cache notes are not the run's output
   if FLAGS.list or EXPERIMENT is None:
     for name in experiments():
       print(f"{name:<24} {importlib.import_module(f'experiments.{name}').get_config().get('description', '')}")

@@ -104,6 +104,17 @@ def load_idx(folder: str):
   return arrays["train"] + arrays["test"] + (num_classes,)
 
 
+def network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+  """Can we reach TFDS's download mirror? Checked first so an offline machine fails in seconds, not after TFDS's
+  minutes of retries."""
+  import socket  # pylint: disable=g-import-not-at-top
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
 def load_tfds(name: str, data_dir: str = ""):
   """tensorflow-datasets, imported lazily (it pulls in TensorFlow). Downloads on first use where a network exists."""
   try:
@@ -113,15 +124,22 @@ def load_tfds(name: str, data_dir: str = ""):
                     f"`pip install tensorflow-datasets tensorflow-cpu`, or put IDX files in $JCNN_DATA_DIR/{name}") \
       from None
   kw = {"data_dir": data_dir} if data_dir else {}
+  hint = (f"or, offline, `apt-get install dataset-fashion-mnist` or put its IDX files in $JCNN_DATA_DIR/{name}"
+          if name == "fashion_mnist" else
+          f"or, offline, put its IDX files in $JCNN_DATA_DIR/{name}" if name == "mnist" else
+          "then copy ~/tensorflow_datasets to this machine")
   try:
     builder = tfds.builder(TFDS_NAMES[name], **kw)
+    if not builder.is_prepared() and not network_available():
+      raise DataError(f"dataset {name!r} is not on disk and there is no network to download it; run once with a "
+                      f"network, {hint}")
     builder.download_and_prepare()
     splits = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1, as_supervised=True)) for s in ("train", "test")]
     num_classes = builder.info.features["label"].num_classes
+  except DataError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (network, checksum and TF errors all mean "not available")
     reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-    hint = (f"or, offline, `apt-get install dataset-fashion-mnist` or put its IDX files in $JCNN_DATA_DIR/{name}"
-            if name in ("fashion_mnist", "mnist") else "on a machine with a network, then copy ~/tensorflow_datasets")
     raise DataError(f"dataset {name!r} is not on disk and tensorflow-datasets could not get it ({reason}); "
                     f"run once with a network, {hint}") from None
   (trx, try_), (tex, tey) = splits

@@ -9,7 +9,7 @@ images (the stages see 28, 14, 7 pixels), shortened to EPOCHS epochs so it fits 
 from overfitting; flips and crops only slow it down).
 Measured (docs/zoo.md; 2 shared CPU cores, ~1 step/s of 64 images when the machine is quiet, 2 s when busy):
   --config.train.epochs=2: 90.63% test accuracy in 47.5 min (epoch 1 at 85.45%, before the lr decay)
-  3 epochs (the default): expected >= 91%, ~45 min on a quiet machine.
+  3 epochs (the default): 91.74% test accuracy in 33.5 min (86.81%, 91.40%, 91.74% after each epoch)
 """
 from experiments import resnet20_cifar10
 

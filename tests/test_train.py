@@ -241,6 +241,7 @@ def test_check_config_rejects():
 # Every experiment, one step, end to end.
 EXPERIMENTS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py") and f[0] != "_")
 CORE = ("fashion_convnet", "fashion_mlp", "mnist_convnet")   # fast; the zoo's bigger models compile for minutes on CPU
+TINY_MODEL = {"densenet_bc100": "densenet_tiny", "vgg11_cifar": "vgg_tiny", "resnet20": "resnet_tiny"}
 
 
 def _offline(cfg) -> bool:
@@ -264,6 +265,9 @@ def test_experiment_one_step(name, tmp_path):
     shape = {"cifar10": (32, 32, 3)}.get(c.data.name, (28, 28, 1))   # the shape the model was built for
     c.data.name = "synthetic"
     c.data.synthetic_shape = shape
+  # The experiment's pipeline (data, optimizer, schedule, augmentation, files) on its family's tiny member: the full
+  # models' XLA:CPU compiles take minutes, and tests/test_models.py covers them.
+  c.model.name = TINY_MODEL.get(c.model.name, c.model.name)
   c.train.epochs = 1
   c.train.batch_size = 16
   c.train.eval_batch_size = 16

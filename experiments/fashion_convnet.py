@@ -3,7 +3,8 @@
   python launch.py --experiment=fashion_convnet
   python launch.py --experiment=fashion_convnet --config.train.epochs=1 --config.data.train_limit=2000   # quick
 
-The Keras recipe (RMSprop lr 1e-3, batch 64, 5 epochs, pixels scaled to [0, 1]). Expected: ~91% test accuracy.
+The Keras recipe (RMSprop lr 1e-3, batch 64, 5 epochs, pixels scaled to [0, 1]). Measured: 90.43% test accuracy
+(seed 0; 90.37 ± 0.25% over 5 seeds), ~27 s per epoch on a quiet 2-core CPU.
 """
 import ml_collections
 
@@ -11,7 +12,7 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
   c.name = "fashion_convnet"
-  c.description = "Keras MNIST convnet (93,322 params) on Fashion-MNIST, offline; ~91% test accuracy in 5 epochs"
+  c.description = "Keras MNIST convnet (93,322 params) on Fashion-MNIST, offline; 90.4% test accuracy in 5 epochs"
   c.model = ml_collections.ConfigDict(dict(name="convnet", activation="relu", dropout_rate=0.0, init_scale=1.0))
   c.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist",

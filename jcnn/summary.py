@@ -7,7 +7,7 @@ jax.eval_shape, so even a 138M-parameter VGG costs no memory or compute to summa
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

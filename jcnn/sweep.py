@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import ast
 import csv
-import functools
 import itertools
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +47,7 @@ def default_sweep() -> ml_collections.ConfigDict:
     s[axis] = ()
   s.groups = ()
   s.max_chunk = 0
-  s.strategy = "auto"   # auto | vmap | map
+  s.strategy = "auto"   # auto (per backend and V) | vmap | map | unroll
   return s
 
 

@@ -11,7 +11,7 @@ ConvNet on [B, 28, 28, 1]:
   head  Dense10          -> [B, 10]             650 params   (93,322 in all)
 Dropout (rate may be traced; 0 = off) sits before dense1 and before the head.
 """
-from typing import Any, Union
+from typing import Union
 
 import flax.linen as nn
 import jax

@@ -10,7 +10,7 @@ vgg16_bn 138,365,992 (it keeps the 4,224 redundant conv biases).
 `width` divides every channel count (tiny test variants).
 """
 import functools
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Union
 
 import flax.linen as nn
 import jax

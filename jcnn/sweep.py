@@ -139,19 +139,13 @@ def variant_arrays(variants: Sequence[dict]) -> dict:
           "l2": jnp.asarray([v["l2"] for v in variants], jnp.float32)}
 
 
-UNROLL_MAX = 8  # variants per unrolled CPU program: compile time grows with V (18 s at 8, 37 s at 16 on 2 cores)
-
-
 def default_strategy(n_variants: int = 1) -> str:
   """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py; README has the table).
   GPU/TPU: 'vmap' — one batched program: 6.9x the sequential model-images/s at V=16 on an H100.
-  CPU (2 cores): 'map' (a lax.map loop in one program) for V <= 2, where it matches sequential runs (1.00-1.01x);
-  'unroll' (the variants' steps written out in one program, at most UNROLL_MAX per chunk) for more, 0.75-0.81x against
-  0.64-0.69x for vmap and 0.51-0.56x for map. XLA:CPU gains nothing from batching these small matmuls, and the
-  single-model step it is compared with has a fused max-pool backward that loop bodies do not get as cheaply."""
-  if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu"):
-    return "vmap"
-  return "map" if n_variants <= 2 else "unroll"
+  CPU: 'map' — a lax.map loop in one program, compiled in ~9 s whatever V: 1.00x the sequential rate at V <= 2 and
+  0.9x at V = 4-16 on 2 cores, against 0.75-0.88x for 'unroll' (compile 37 s at V=16) and 0.6-0.8x for 'vmap'."""
+  del n_variants
+  return "vmap" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "map"
 
 
 class GroupFns(NamedTuple):
@@ -220,9 +214,14 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     run_step = jax.jit(jax.vmap(step_one), donate_argnums=(0, 1, 2))
     eval_all = jax.jit(jax.vmap(eval_one, in_axes=(0, 0, None, None, None, None)))
   elif strategy == "map":  # a loop over variants inside one program (lax.map): compiled once, runs them in turn
+    def map_step(s, f, a, h, b):
+      # For V > 2 the loop-body-friendly form of the same max-pool gradient (identical values); XLA:CPU handles 1-2
+      # iterations like straight-line code, where the default form is faster.
+      with layers.max_pool_backward("score" if h["seed"].shape[0] > 2 else "slices"):
+        return jax.lax.map(lambda args: step_one(*args), (s, f, a, h, b))
+
     init_all = jax.jit(lambda h: jax.lax.map(init_one, h))
-    run_step = jax.jit(lambda s, f, a, h, b: jax.lax.map(lambda args: step_one(*args), (s, f, a, h, b)),
-                       donate_argnums=(0, 1, 2))
+    run_step = jax.jit(map_step, donate_argnums=(0, 1, 2))
     eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
   elif strategy == "unroll":  # the variants' steps written out one after another in one program (compile grows with V)
     def run_step(s, f, a, h, b):
@@ -302,8 +301,6 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
       lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x), ds.train_x[:1])["params"])
   per = bytes_per_variant(model, ds.image_shape, config.train.batch_size, n_params)
   k = chunk_size(len(variants), per, budget if budget is not None else device_memory_budget(), max_chunk)
-  if (strategy == "unroll" or (strategy == "auto" and default_strategy(k) == "unroll")) and k > UNROLL_MAX:
-    k = UNROLL_MAX   # equal chunks share one compiled program
   out, fns = [], {}
   for start in range(0, len(variants), k):
     chunk = list(variants[start:start + k])

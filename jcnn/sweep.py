@@ -200,14 +200,7 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     return keep, failed | ~ok, jax.tree.map(jnp.add, acc, m)
 
   def eval_one(state, h, x, y, idx, mask):
-    ev = train_lib.make_eval_step(model_for(h), config.train.loss)
-
-    def body(a, im):
-      i, mk = im
-      return jax.tree.map(jnp.add, a, ev(state, x[i], y[i], mk)), None
-
-    zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-    return jax.lax.scan(body, zero, (idx, mask))[0]
+    return train_lib.eval_epoch(train_lib.make_eval_step(model_for(h), config.train.loss), state, x, y, idx, mask)
 
   if strategy == "vmap":
     init_all = jax.jit(jax.vmap(init_one))
@@ -253,7 +246,7 @@ def train_group(config, variants: Sequence[dict], ds: data_lib.Dataset, swept: S
   init_all, run_step, eval_all, epoch_batches = fns or make_group_fns(config, ds, swept, strategy)
   states = init_all(hp)
   failed = jnp.zeros((V,), bool)
-  zero = lambda: {k: jnp.zeros((V,)) for k in ("loss_sum", "correct", "count")}
+  zero = lambda: train_lib.zero_metrics((V,))
   test_idx, test_mask = (jnp.asarray(a) for a in data_lib.eval_batches(len(ds.test_y), config.train.eval_batch_size))
   history, compile_s, t0 = [], None, time.perf_counter()
   for epoch in range(1, epochs + 1):

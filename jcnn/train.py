@@ -194,19 +194,23 @@ def evaluate(model: nn.Module, state: TrainState, x: jax.Array, y: jax.Array, ba
   return summarize(eval_step(state, x, y, jnp.asarray(idx), jnp.asarray(mask)))
 
 
+def zero_metrics(shape=()) -> dict:
+  return {k: jnp.zeros(shape) for k in ("loss_sum", "correct", "count")}
+
+
+def eval_epoch(eval_step, state, x, y, idx, mask) -> dict:
+  """Metric sums over fixed-size batches idx [steps, B] (mask [steps, B]), gathered on the device; traceable."""
+
+  def body(acc, im):
+    i, m = im
+    return jax.tree.map(jnp.add, acc, eval_step(state, x[i], y[i], m)), None
+
+  return jax.lax.scan(body, zero_metrics(), (idx, mask))[0]
+
+
 def _jit_eval_epoch(eval_step):
-  """One program for a whole evaluation: scan over fixed-size batches, gathering each on the device."""
-
-  @jax.jit
-  def run(state, x, y, idx, mask):
-    def body(acc, im):
-      i, m = im
-      return jax.tree.map(jnp.add, acc, eval_step(state, x[i], y[i], m)), None
-
-    zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
-    return jax.lax.scan(body, zero, (idx, mask))[0]
-
-  return run
+  """One program for a whole evaluation."""
+  return jax.jit(functools.partial(eval_epoch, eval_step))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,13 +315,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return state, jax.tree.map(jnp.add, acc, m)
 
   eval_fn = _jit_eval_epoch(make_eval_step(model, config.train.loss))
-  zero = lambda: {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history, t_start, compile_s = [], time.perf_counter(), None
   with open(metrics_path, "a") as log:
     for epoch in range(1, config.train.epochs + 1):
       batches = data_lib.epoch_batches(jax.random.fold_in(k_data, epoch), len(ds.train_y), config.train.batch_size)
-      acc, log_acc = zero(), zero()
+      acc, log_acc = zero_metrics(), zero_metrics()
       progress = Progress(steps_per_epoch, f"epoch {epoch}/{config.train.epochs}")
       t_epoch = time.perf_counter()
       for i in range(steps_per_epoch):

@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import fashion_convnet  # noqa: E402
-from jcnn import data as data_lib, layers, models, sweep, train  # noqa: E402
+from jcnn import data as data_lib, models, sweep, train  # noqa: E402
 
 
 def timed(fn, steps):
@@ -42,7 +42,6 @@ def main():
   p.add_argument("--windows", type=int, default=5)
   p.add_argument("--model_images", type=int, default=2048, help="model-images per window (sets steps per window)")
   p.add_argument("--out", default="")
-  p.add_argument("--sweep_pool", default="", help="experiment: 'plain' traces the sweep with autodiff max-pool")
   args = p.parse_args()
 
   config = fashion_convnet.get_config()
@@ -85,16 +84,12 @@ def main():
     progs = {}
     for strategy in args.strategies.split(","):
       fns = sweep.make_group_fns(config, ds, ["dropout_rate"], strategy)
-      saved = layers._window_max
-      if args.sweep_pool == "plain":
-        layers._window_max = lambda x, w: layers._window_view(x, w)[0].max(layers._window_view(x, w)[1])
       t = time.perf_counter()
       carry = [fns.init(hp), jnp.zeros((V,), bool), {k: jnp.zeros((V,)) for k in ("loss_sum", "correct", "count")}]
       b = fns.batches(hp, 1)
       carry = list(fns.step(*carry, hp, b))
       jax.block_until_ready(carry)
       compile_s = time.perf_counter() - t
-      layers._window_max = saved
 
       def run(fns=fns, carry=carry, b=b):
         carry[:] = fns.step(*carry, hp, b)

@@ -148,6 +148,13 @@ def default_strategy(n_variants: int = 1) -> str:
   return "vmap" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "map"
 
 
+def _take(tree, i):
+  """Every leaf's row i, materialised. A plain dynamic index inside a loop body gets fused into the step's big
+  elementwise loops (e.g. a conv bias into the ReLU/max-pool backward), where XLA:CPU recomputes it per element and
+  stops vectorising (3.7x slower pool backward, measured); a conditional's result is a buffer of its own."""
+  return jax.lax.cond(i >= 0, lambda t: jax.tree.map(lambda x: x[i], t), lambda t: jax.tree.map(lambda x: x[0], t), tree)
+
+
 class GroupFns(NamedTuple):
   """The compiled pieces of one group: init(hp) -> states; step(states, failed, acc, hp, batches) -> same;
   evaluate(states, hp, x, y, idx, mask) -> metric sums [V]; batches(hp, epoch) -> [V, steps, B] indices."""
@@ -183,11 +190,10 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
       opt_state = train_lib.set_hyperparam(opt_state, "weight_decay", h["weight_decay"])
     return state.replace(opt_state=opt_state)
 
-  def step_one(state, failed, acc, h, batches):
+  def step_one(state, failed, acc, h, idx):  # idx [B]: this variant's batch
     _, _, k_dropout = keys_for(h)
     l2 = h["l2"] if "l2" in swept else config.train.l2
     step = train_lib.make_train_step(model_for(h), tx, config.train.loss, l2)
-    idx = batches[state.step % batches.shape[0]]
     x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - state.step), ds.train_x[idx], augment)
     new_state, m = step(state, x, ds.train_y[idx], k_dropout)
     finite_params = jnp.all(jnp.asarray([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)]))
@@ -202,27 +208,38 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
   def eval_one(state, h, x, y, idx, mask):
     return train_lib.eval_epoch(train_lib.make_eval_step(model_for(h), config.train.loss), state, x, y, idx, mask)
 
+  def rows(s, b):  # [V, steps, B] epoch orders -> [V, B]: each variant's batch at its own step
+    return b[jnp.arange(b.shape[0]), s.step % b.shape[1]]
+
+  def map_init(h):
+    return jax.lax.map(init_one, h)
+
   if strategy == "vmap":
     init_all = jax.jit(jax.vmap(init_one))
-    run_step = jax.jit(jax.vmap(step_one), donate_argnums=(0, 1, 2))
+    run_step = jax.jit(lambda s, f, a, h, b: jax.vmap(step_one)(s, f, a, h, rows(s, b)), donate_argnums=(0, 1, 2))
     eval_all = jax.jit(jax.vmap(eval_one, in_axes=(0, 0, None, None, None, None)))
-  elif strategy == "map":  # a loop over variants inside one program (lax.map): compiled once, runs them in turn
+  elif strategy == "map":  # a loop over the variants inside one program: compiled once, whatever V
     def map_step(s, f, a, h, b):
-      # For V > 2 the loop-body-friendly form of the same max-pool gradient (identical values); XLA:CPU handles 1-2
-      # iterations like straight-line code, where the default form is faster.
-      with layers.max_pool_backward("score" if h["seed"].shape[0] > 2 else "slices"):
-        return jax.lax.map(lambda args: step_one(*args), (s, f, a, h, b))
+      idx, V = rows(s, b), f.shape[0]
+      if V == 1:  # XLA turns a one-trip loop into straight-line code anyway
+        return jax.tree.map(lambda t: t[None], step_one(*jax.tree.map(lambda t: t[0], (s, f, a, h, idx))))
 
-    init_all = jax.jit(lambda h: jax.lax.map(init_one, h))
-    run_step = jax.jit(map_step, donate_argnums=(0, 1, 2))
-    eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
+      def body(carry, i):
+        out = step_one(*_take(carry + (h, idx), i))
+        return jax.tree.map(lambda t, o: t.at[i].set(o), carry, out), None
+      return jax.lax.scan(body, (s, f, a), jnp.arange(V))[0]
+
+    def map_eval(s, h, x, y, i, m):
+      return jax.lax.map(lambda v: eval_one(*_take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
+
+    init_all, run_step, eval_all = jax.jit(map_init), jax.jit(map_step, donate_argnums=(0, 1, 2)), jax.jit(map_eval)
   elif strategy == "unroll":  # the variants' steps written out one after another in one program (compile grows with V)
-    def run_step(s, f, a, h, b):
-      outs = [step_one(*jax.tree.map(lambda t: t[i], (s, f, a, h, b))) for i in range(h["seed"].shape[0])]
+    def unroll_step(s, f, a, h, b):
+      idx = rows(s, b)
+      outs = [step_one(*jax.tree.map(lambda t: t[i], (s, f, a, h, idx))) for i in range(f.shape[0])]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-    init_all = jax.jit(lambda h: jax.lax.map(init_one, h))
-    run_step = jax.jit(run_step, donate_argnums=(0, 1, 2))
+    init_all, run_step = jax.jit(map_init), jax.jit(unroll_step, donate_argnums=(0, 1, 2))
     eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
   else:
     raise ConfigError(f"unknown sweep strategy {strategy!r}: use auto, vmap, map or unroll")

@@ -6,11 +6,14 @@
 
 jcnn runs its real path: `make_optimizer` + `make_train_step`, jitted with the state donated, each batch gathered on
 the device from device-resident arrays (as `train_and_evaluate` does); evaluation runs `make_eval_step`. PyTorch runs
-the same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch'). Both warm up, then
-windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians over windows and the
-median of the per-window ratios (the machine is shared and noisy: ratios from one window are fair, absolute numbers less
-so). Compile time is reported apart. Achieved GFLOP/s use forward FLOPs from `jcnn.summary.flops_per_example` (x3 for
-training) against a 2048^3 float32 jnp matmul measured in the same windows.
+the same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch').
+Both warm up, then windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians
+over windows and the median of the per-window ratios (the machine is shared and noisy: ratios from one window are
+fair, absolute numbers less so). Compile time is reported apart. jcnn's step runs its batch in chunks
+(`train.micro_batch_size`: 16 examples on CPU for models without BatchNorm); where that differs from the whole batch,
+the same step on the whole batch at once is timed too ('whole-batch' columns): what chunking gains. Achieved GFLOP/s
+use forward FLOPs from `jcnn.summary.flops_per_example` (x3 for training) against a 2048^3 float32 jnp matmul
+measured in the same windows.
 """
 from __future__ import annotations
 
@@ -102,13 +105,13 @@ def torch_optimizer(cfg, params):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def build_jcnn(name: str, batch: int, images, labels, batches):
+def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int = 0):
   model_cfg, shape, optim_cfg = CASES[name]
   model = models.get(model_cfg)
   tx = train.make_optimizer(optim_cfg)
   state = train.init_state(model, tx, jax.random.key(0), images[:1])
-  train_step = train.make_train_step(model, tx)
-  eval_step = train.make_eval_step(model)
+  train_step = train.make_train_step(model, tx, micro_batch=micro_batch)
+  eval_step = train.make_eval_step(model, micro_batch=micro_batch)
   rng = jax.random.key(1)
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -210,6 +213,12 @@ def run_case(name, batch, windows, window_s, mm, torch_threads):
   t_train, t_eval, t_info = build_torch(name, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                         torch.from_numpy(y.astype(np.int64)), torch.from_numpy(order.astype(np.int64)))
   fns = {"jcnn_train": j_train, "jcnn_eval": j_eval}
+  has_bn = bool(jax.eval_shape(lambda: models.get(CASES[name][0]).init(
+      jax.random.key(0), jnp.zeros((1,) + shape), train=False)).get("batch_stats"))
+  chunk = train.micro_batch_size(batch, 0, has_bn)
+  if chunk != batch:  # the same step on the whole batch at once, for the record of what chunking gains
+    w_train, w_eval, w_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), batch)
+    fns.update({"jcnn_whole_train": w_train, "jcnn_whole_eval": w_eval})
   for n in torch_threads:   # PyTorch at each thread count; the ratio is against its best in each window
     fns[f"torch{n}_train"], fns[f"torch{n}_eval"] = with_threads(t_train, n), with_threads(t_eval, n)
   for f in fns.values():    # warm-up (first jcnn call also pays its last lazy init)
@@ -227,7 +236,7 @@ def run_case(name, batch, windows, window_s, mm, torch_threads):
   ratio = {m: float(np.median(np.array(rates[f"jcnn_{m}"]) / np.array(rates[f"torch_{m}"]))) for m in ("train", "eval")}
   flops = j_info["forward_flops_per_image"]
   matmul = float(np.median(mm_rates))
-  return {"model": name, "batch": batch, "images_per_s": med, "ratio_jcnn_over_torch": ratio,
+  return {"model": name, "batch": batch, "train_chunk": chunk, "images_per_s": med, "ratio_jcnn_over_torch": ratio,
           "windows": {k: [round(v, 1) for v in vs] for k, vs in rates.items()}, "steps_per_window": steps,
           "compile_train_s": j_info["compile_train_s"], "compile_eval_s": j_info["compile_eval_s"],
           "params_jcnn": j_info["params"], "params_torch": t_info["params"], "forward_mflops_per_image": flops / 1e6,
@@ -282,13 +291,16 @@ def main(argv=None):
   print(f"\njax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} (best of {torch_threads} "
         f"threads per window), "
         f"{os.cpu_count()} cores; {windows} windows of ~{window_s}s, medians; ratio = median of per-window ratios")
-  print(f"{'model':10s} {'batch':>5s} | {'jcnn train':>10s} {'torch train':>11s} {'ratio':>6s} | {'jcnn eval':>9s} "
-        f"{'torch eval':>10s} {'ratio':>6s} | {'compile s':>9s} | {'train GFLOP/s':>13s} {'of matmul':>9s}")
+  print(f"{'model':10s} {'batch':>5s} {'chunk':>5s} | {'jcnn train':>10s} {'torch train':>11s} {'ratio':>6s} | "
+        f"{'jcnn eval':>9s} {'torch eval':>10s} {'ratio':>6s} | {'compile s':>9s} | {'train GFLOP/s':>13s} "
+        f"{'of matmul':>9s} | {'whole-batch train, eval':>23s}")
   for r in rows:
     m, q = r["images_per_s"], r["ratio_jcnn_over_torch"]
-    print(f"{r['model']:10s} {r['batch']:5d} | {m['jcnn_train']:10.0f} {m['torch_train']:11.0f} {q['train']:6.2f} | "
-          f"{m['jcnn_eval']:9.0f} {m['torch_eval']:10.0f} {q['eval']:6.2f} | {r['compile_train_s']:9.1f} | "
-          f"{r['gflops']['jcnn_train']:13.1f} {r['fraction_of_matmul']['jcnn_train']:9.0%}")
+    whole = f"{m['jcnn_whole_train']:11.0f} {m['jcnn_whole_eval']:11.0f}" if "jcnn_whole_train" in m else "-"
+    print(f"{r['model']:10s} {r['batch']:5d} {r['train_chunk']:5d} | {m['jcnn_train']:10.0f} {m['torch_train']:11.0f} "
+          f"{q['train']:6.2f} | {m['jcnn_eval']:9.0f} {m['torch_eval']:10.0f} {q['eval']:6.2f} | "
+          f"{r['compile_train_s']:9.1f} | {r['gflops']['jcnn_train']:13.1f} "
+          f"{r['fraction_of_matmul']['jcnn_train']:9.0%} | {whole:>23s}")
   if rows:
     print(f"float32 matmul 2048^3: {np.median([r['matmul_gflops'] for r in rows]):.1f} GFLOP/s (median over windows)")
   if args.out:

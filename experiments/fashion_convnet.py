@@ -27,6 +27,7 @@ def get_config():
   c.train = ml_collections.ConfigDict(dict(
       epochs=5, batch_size=64, seed=0, loss="cross_entropy",
       l2=0.0,                   # adds l2 * 0.5 * sum(kernel ** 2) to the loss
+      micro_batch=0,            # examples per chunk of a step (0 = automatic: 16 on CPU without BatchNorm, else all)
       log_every=100,            # steps between rows of metrics.jsonl
       eval_batch_size=1000,
   ))

@@ -148,13 +148,6 @@ def default_strategy(n_variants: int = 1) -> str:
   return "vmap" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "map"
 
 
-def _take(tree, i):
-  """Every leaf's row i, materialised. A plain dynamic index inside a loop body gets fused into the step's big
-  elementwise loops (e.g. a conv bias into the ReLU/max-pool backward), where XLA:CPU recomputes it per element and
-  stops vectorising (3.7x slower pool backward, measured); a conditional's result is a buffer of its own."""
-  return jax.lax.cond(i >= 0, lambda t: jax.tree.map(lambda x: x[i], t), lambda t: jax.tree.map(lambda x: x[0], t), tree)
-
-
 class GroupFns(NamedTuple):
   """The compiled pieces of one group: init(hp) -> states; step(states, failed, acc, hp, batches) -> same;
   evaluate(states, hp, x, y, idx, mask) -> metric sums [V]; batches(hp, epoch) -> [V, steps, B] indices."""
@@ -175,6 +168,7 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
   data_lib.epoch_batches(jax.random.key(0), n, batch_size)  # checks batch <= N
   tx = train_lib.make_optimizer(config.optim, steps_per_epoch * epochs)
   augment = config.data.get("augment", "none")
+  micro_batch = config.train.get("micro_batch", 0)
 
   def model_for(h):  # only swept model fields become traced; others keep their static config value
     return models.get(config.model, num_classes=ds.num_classes, **{a: h[a] for a in MODEL_AXES if a in swept})
@@ -193,7 +187,7 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
   def step_one(state, failed, acc, h, idx):  # idx [B]: this variant's batch
     _, _, k_dropout = keys_for(h)
     l2 = h["l2"] if "l2" in swept else config.train.l2
-    step = train_lib.make_train_step(model_for(h), tx, config.train.loss, l2)
+    step = train_lib.make_train_step(model_for(h), tx, config.train.loss, l2, micro_batch)
     x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - state.step), ds.train_x[idx], augment)
     new_state, m = step(state, x, ds.train_y[idx], k_dropout)
     finite_params = jnp.all(jnp.asarray([jnp.isfinite(p).all() for p in jax.tree.leaves(new_state.params)]))
@@ -206,7 +200,8 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     return keep, failed | ~ok, jax.tree.map(jnp.add, acc, m)
 
   def eval_one(state, h, x, y, idx, mask):
-    return train_lib.eval_epoch(train_lib.make_eval_step(model_for(h), config.train.loss), state, x, y, idx, mask)
+    eval_step = train_lib.make_eval_step(model_for(h), config.train.loss, micro_batch)
+    return train_lib.eval_epoch(eval_step, state, x, y, idx, mask)
 
   def rows(s, b):  # [V, steps, B] epoch orders -> [V, B]: each variant's batch at its own step
     return b[jnp.arange(b.shape[0]), s.step % b.shape[1]]
@@ -225,12 +220,12 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
         return jax.tree.map(lambda t: t[None], step_one(*jax.tree.map(lambda t: t[0], (s, f, a, h, idx))))
 
       def body(carry, i):
-        out = step_one(*_take(carry + (h, idx), i))
+        out = step_one(*train_lib.take(carry + (h, idx), i))
         return jax.tree.map(lambda t, o: t.at[i].set(o), carry, out), None
       return jax.lax.scan(body, (s, f, a), jnp.arange(V))[0]
 
     def map_eval(s, h, x, y, i, m):
-      return jax.lax.map(lambda v: eval_one(*_take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
+      return jax.lax.map(lambda v: eval_one(*train_lib.take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
 
     init_all, run_step, eval_all = jax.jit(map_init), jax.jit(map_step, donate_argnums=(0, 1, 2)), jax.jit(map_eval)
   elif strategy == "unroll":  # the variants' steps written out one after another in one program (compile grows with V)

@@ -200,6 +200,90 @@ def test_train_step_l2_gradient(tiny):
     np.testing.assert_array_equal(a.params[layer]["bias"], b.params[layer]["bias"])
 
 
+def test_micro_batch_size_rule():
+  auto64 = train.micro_batch_size(64)
+  assert auto64 == (train.MICRO_BATCH_CPU if jax.default_backend() == "cpu" else 64)
+  assert train.micro_batch_size(64, 0, batch_norm=True) == 64       # chunks would change BatchNorm's statistics
+  assert train.micro_batch_size(64, 16) == 16
+  assert train.micro_batch_size(100, 16) == 10                      # largest divisor of the batch not above 16
+  assert train.micro_batch_size(97, 16) == 1                        # asked for: a prime batch leaves chunks of 1
+  assert train.micro_batch_size(64, 128) == 64
+  if jax.default_backend() == "cpu":
+    assert train.micro_batch_size(97) == 97                         # automatic: never chunks smaller than 8
+    assert train.micro_batch_size(100) == 10
+  with pytest.raises(ConfigError, match="micro_batch must be >= 0"):
+    train.micro_batch_size(64, -1)
+
+
+def _sgd_steps(model, micro_batch, x, y, steps=3, opt="rmsprop"):
+  tx = train.make_optimizer({"name": opt, "learning_rate": 0.01})
+  state = train.init_state(model, tx, jax.random.key(3), x)
+  step = jax.jit(train.make_train_step(model, tx, micro_batch=micro_batch))
+  ms = []
+  for _ in range(steps):
+    state, m = step(state, x, y, jax.random.key(4))
+    ms.append(m)
+  return state, ms
+
+
+def test_chunked_step_equals_whole_batch():
+  x = jax.random.normal(jax.random.key(0), (32, 6, 6, 1))
+  y = jax.random.randint(jax.random.key(1), (32,), 0, 10)
+  model = ConvNet(**TINY)
+  a, ma = _sgd_steps(model, 8, x, y)       # 4 chunks of 8, gradients summed, one update
+  b, mb = _sgd_steps(model, 32, x, y)      # the whole batch at once
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=2e-5, atol=2e-6), a.params, b.params)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=2e-5), ma, mb)
+  assert float(ma[0]["count"]) == 32
+
+
+def test_chunked_step_dropout_key_per_chunk():
+  x = jax.random.normal(jax.random.key(0), (32, 6, 6, 1))
+  y = jax.random.randint(jax.random.key(1), (32,), 0, 10)
+  model = ConvNet(dropout_rate=0.5, **TINY)
+  tx = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})
+  state = train.init_state(model, tx, jax.random.key(3), x)
+  _, m = jax.jit(train.make_train_step(model, tx, micro_batch=8))(state, x, y, jax.random.key(4))
+  key = jax.random.fold_in(jax.random.key(4), 0)                   # the step's key: fold_in(rng, step 0)
+  want = sum(optax.softmax_cross_entropy_with_integer_labels(model.apply(
+      {"params": state.params}, x[8 * c:8 * c + 8], train=True, rngs={"dropout": jax.random.fold_in(key, c)}),
+      y[8 * c:8 * c + 8]).sum() for c in range(4))
+  np.testing.assert_allclose(m["loss_sum"], want, rtol=1e-5)
+
+
+def test_batchnorm_chunks_only_when_asked():
+  from jcnn import models  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
+  y = jax.random.randint(jax.random.key(1), (16,), 0, 10)
+  model = models.get({"name": "resnet_tiny"}, num_classes=10)
+  auto, _ = _sgd_steps(model, 0, x, y, steps=1, opt="sgd")
+  whole, _ = _sgd_steps(model, 16, x, y, steps=1, opt="sgd")
+  jax.tree.map(np.testing.assert_array_equal, (auto.params, auto.batch_stats), (whole.params, whole.batch_stats))
+  # Asked for chunks of 8: each chunk normalises with its own statistics and the running averages update per chunk,
+  # as two forward passes in a row would.
+  ghost, _ = _sgd_steps(model, 8, x, y, steps=1, opt="sgd")
+  init = train.init_state(model, train.make_optimizer({"name": "sgd", "learning_rate": 0.01}), jax.random.key(3), x)
+  bs = init.batch_stats
+  for c in range(2):
+    _, upd = model.apply({"params": init.params, "batch_stats": bs}, x[8 * c:8 * c + 8], train=True,
+                         mutable=["batch_stats"])
+    bs = upd["batch_stats"]
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), ghost.batch_stats, bs)
+
+
+def test_chunked_eval_is_exact_with_batchnorm():
+  from jcnn import models  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (24, 8, 8, 3))
+  y = jax.random.randint(jax.random.key(1), (24,), 0, 10)
+  model = models.get({"name": "resnet_tiny"}, num_classes=10)
+  state, _ = _sgd_steps(model, 0, x, y, steps=2, opt="sgd")        # running statistics away from their init
+  mask = jnp.arange(24) < 20
+  a = jax.jit(train.make_eval_step(model, micro_batch=8))(state, x, y, mask)
+  b = jax.jit(train.make_eval_step(model, micro_batch=24))(state, x, y, mask)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5), a, b)
+  assert float(a["count"]) == 20
+
+
 @pytest.mark.parametrize("batch_size", [10, 37, 64])
 def test_evaluate_counts_every_example(batch_size):
   n = 37
@@ -228,6 +312,7 @@ def test_check_config_rejects():
   for path, value, msg in (("model.dropout_rate", 1.0, "dropout_rate"), ("model.activation", "relu6", "relu6"),
                            ("model.init_scale", 0.0, "init_scale"), ("optim.name", "adamm", "adamm"),
                            ("train.loss", "hinge", "hinge"), ("train.batch_size", 0, "batch_size"),
+                           ("train.micro_batch", -1, "micro_batch"),
                            ("data.augment", "rotate", "rotate"), ("data.preprocess", "whiten", "whiten")):
     c = fashion_convnet.get_config()
     section, key = path.split(".")

@@ -11,8 +11,6 @@ See benchmarks/conv_lowering.py.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 from typing import Any, Callable, Sequence, Union
 
@@ -342,51 +340,6 @@ def _window_max_bwd(window, res, dy):
 _window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
-# The same first-maximum gradient, built from a window reduction instead of size-1 slices: a position-weighted score
-# (earlier window mates weigh more) and its max over the window. Identical gradients, ties included. XLA:CPU runs this
-# form faster inside loop bodies (the CPU sweep's lax.map) and the slice form faster in a straight-line step, so the
-# sweep picks it while tracing its loop (`max_pool_backward`); docs/performance.md has the numbers.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _window_max_score(x: Array, window: tuple[int, ...]) -> Array:
-  xr, axes = _window_view(x, window)
-  return xr.max(axes)
-
-
-def _window_max_score_fwd(x, window):
-  y = _window_max_score(x, window)
-  return y, (x, y)
-
-
-def _window_max_score_bwd(window, res, dy):
-  x, y = res
-  xr, axes = _window_view(x, window)
-  shape = [1] * xr.ndim
-  for a, w in zip(axes, window):
-    shape[a] = w
-  n = int(np.prod(window))
-  weight = jnp.asarray((2.0 ** np.arange(n - 1, -1, -1)).reshape(shape), dy.dtype)  # row-major position -> 2^(n-1-i)
-  score = jnp.where(xr == jnp.expand_dims(y, axes), weight, jnp.zeros((), dy.dtype))
-  sel = score == jnp.expand_dims(score.max(axes), axes)   # exactly one per window: the first maximum
-  dxr = jnp.where(sel, jnp.expand_dims(dy, axes), jnp.zeros((), dy.dtype))
-  return (dxr.reshape(x.shape),)
-
-
-_window_max_score.defvjp(_window_max_score_fwd, _window_max_score_bwd)
-_MAX_POOL_BACKWARD = contextvars.ContextVar("jcnn_max_pool_backward", default="slices")
-
-
-@contextlib.contextmanager
-def max_pool_backward(kind: str):
-  """Which (identical) max-pool gradient program to trace: 'slices' (default) or 'score'. Read at trace time only."""
-  if kind not in ("slices", "score"):
-    raise ValueError(f"max_pool_backward: {kind!r}; use 'slices' or 'score'")
-  token = _MAX_POOL_BACKWARD.set(kind)
-  try:
-    yield
-  finally:
-    _MAX_POOL_BACKWARD.reset(token)
-
-
 def _pool(x: Array, window: Sequence[int], strides: Sequence[int] | None, padding: Padding, reduce: str) -> Array:
   nd = len(window)
   strides = tuple(window) if strides is None else ((strides,) * nd if isinstance(strides, int) else tuple(strides))
@@ -400,7 +353,7 @@ def _pool(x: Array, window: Sequence[int], strides: Sequence[int] | None, paddin
   if tuple(strides) == tuple(window) and (reduce == "max" or not any(lo or hi for lo, hi in pads)):
     x = lax.slice(x, [0] * x.ndim, [x.shape[0]] + [o * w for o, w in zip(out, window)] + [x.shape[-1]])
     if reduce == "max":
-      return (_window_max if _MAX_POOL_BACKWARD.get() == "slices" else _window_max_score)(x, tuple(window))
+      return _window_max(x, tuple(window))
     x, axes = _window_view(x, window)         # [B, H/2, 2, W/2, 2, C] for a 2x2 window
     return x.mean(axes)
   cols = []

@@ -46,7 +46,7 @@ def test_group_norm_swaps_in():
 def test_batch_norm_train_updates_stats_eval_uses_them():
   block = blocks.ConvBlock(4, norm=blocks.BATCH_NORM)
   x = jax.random.normal(KEY, (4, 6, 6, 3)) * 3 + 1
-  v = init(block, x)
+  init(block, x)
   y, upd = run(block, x, train=True)
   assert not np.allclose(upd["batch_stats"]["norm"]["mean"], 0)
   y_eval = run(block, x)                             # running stats (0 mean, unit var): a different output

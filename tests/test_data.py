@@ -1,6 +1,5 @@
 """jcnn.data: the IDX reader, source resolution, preprocessing statistics, hold-out, batching and augmentation."""
 import gzip
-import os
 import sys
 import types
 

@@ -112,20 +112,3 @@ def test_max_pool_grad_under_vmap():
   f = lambda x: (layers.max_pool(x) ** 2).sum()
   ref = lambda x: (nn.max_pool(x, (2, 2), (2, 2)) ** 2).sum()
   np.testing.assert_allclose(jax.vmap(jax.grad(f))(x), jax.vmap(jax.grad(ref))(x), rtol=1e-6)
-
-
-def test_max_pool_backward_forms_give_identical_gradients_with_ties():
-  """The sweep's loop-friendly 'score' backward equals the default 'slices' one exactly, ties included."""
-  x = jnp.round(jax.random.normal(jax.random.key(0), (3, 11, 11, 4)) * 2) / 2   # half-integers: many ties
-  x = x.at[:, :4, :4, :].set(1.0)                                                  # constant region: all tied
-  w = jax.random.normal(jax.random.key(1), (3, 5, 5, 4))
-  f = lambda x: (layers.max_pool(x) * w).sum()
-  g_slices = jax.jit(jax.grad(f))(x)
-  with layers.max_pool_backward("score"):
-    g_score = jax.jit(jax.grad(f))(x)
-  np.testing.assert_array_equal(np.asarray(g_slices), np.asarray(g_score))
-  per_window = np.asarray(g_slices)[:, :10, :10, :].reshape(3, 5, 2, 5, 2, 4)
-  assert ((per_window != 0).sum(axis=(2, 4)) <= 1).all()    # at most one gradient entry per window (the first max)
-  with pytest.raises(ValueError, match="slices"):
-    with layers.max_pool_backward("ties"):
-      pass

@@ -1,9 +1,7 @@
 """Sweeps: a variant equals its standalone run, one compile per group, failures isolated, chunking exact, statistics."""
-import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

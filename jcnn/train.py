@@ -332,8 +332,8 @@ class Progress:
     now = time.perf_counter()
     if not force and now - self.last < self.every:
       return None
-    self.last = now
-    m = metrics()
+    m = metrics()                 # waits for the steps dispatched so far: the rate counts finished steps
+    now = self.last = time.perf_counter()
     rate = (done - self.offset) / max(now - self.t0, 1e-9)
     eta = (self.total - done) / max(rate, 1e-9)
     line = (f"{self.prefix} {done}/{self.total} steps | {rate:.1f} steps/s | ETA {eta:.0f}s | "

@@ -300,6 +300,23 @@ def test_evaluate_counts_every_example(batch_size):
                                     rel=1e-5)
 
 
+def test_progress_rate_counts_finished_steps(capsys):
+  import re  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  p = train.Progress(100, "epoch 1/1", every=0.05)
+  p.t0 = p.last = time.perf_counter() - 0.1
+
+  def metrics():  # like device_get: waits 0.2 s for the dispatched steps to finish
+    time.sleep(0.2)
+    return {"loss": 1.0, "accuracy": 0.5}
+
+  p.update(10, metrics)
+  rate = float(re.search(r"([\d.]+) steps/s", capsys.readouterr().out).group(1))
+  assert rate < 10 / 0.25                   # 10 steps in >= 0.3 s, not 10 dispatched in 0.1 s (100 steps/s)
+  p.update(11, metrics)                      # right after a line: nothing printed, nothing waited for
+  assert capsys.readouterr().out == ""
+
+
 def test_init_state_shape_error():
   from jcnn.errors import ShapeError  # pylint: disable=g-import-not-at-top
   tx = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})

@@ -142,8 +142,8 @@ def variant_arrays(variants: Sequence[dict]) -> dict:
 def default_strategy(n_variants: int = 1) -> str:
   """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py; README has the table).
   GPU/TPU: 'vmap' — one batched program: 6.9x the sequential model-images/s at V=16 on an H100.
-  CPU: 'map' — a lax.map loop in one program, compiled in ~9 s whatever V: 1.00x the sequential rate at V <= 2 and
-  0.9x at V = 4-16 on 2 cores, against 0.75-0.88x for 'unroll' (compile 37 s at V=16) and 0.6-0.8x for 'vmap'."""
+  CPU: 'map' — a loop over the variants in one program, compiled in ~8 s whatever V: 0.98-1.03x the sequential rate at
+  V = 1-16 on 2 cores, against 1.01-1.08x for 'unroll' (compile 30 s at V=16) and 0.74-0.95x for 'vmap'."""
   del n_variants
   return "vmap" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "map"
 
@@ -209,6 +209,9 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
   def map_init(h):
     return jax.lax.map(init_one, h)
 
+  def map_eval(s, h, x, y, i, m):  # variants in turn, each reading its own (materialised) rows
+    return jax.lax.map(lambda v: eval_one(*train_lib.take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
+
   if strategy == "vmap":
     init_all = jax.jit(jax.vmap(init_one))
     run_step = jax.jit(lambda s, f, a, h, b: jax.vmap(step_one)(s, f, a, h, rows(s, b)), donate_argnums=(0, 1, 2))
@@ -224,9 +227,6 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
         return jax.tree.map(lambda t, o: t.at[i].set(o), carry, out), None
       return jax.lax.scan(body, (s, f, a), jnp.arange(V))[0]
 
-    def map_eval(s, h, x, y, i, m):
-      return jax.lax.map(lambda v: eval_one(*train_lib.take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
-
     init_all, run_step, eval_all = jax.jit(map_init), jax.jit(map_step, donate_argnums=(0, 1, 2)), jax.jit(map_eval)
   elif strategy == "unroll":  # the variants' steps written out one after another in one program (compile grows with V)
     def unroll_step(s, f, a, h, b):
@@ -234,8 +234,7 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
       outs = [step_one(*jax.tree.map(lambda t: t[i], (s, f, a, h, idx))) for i in range(f.shape[0])]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-    init_all, run_step = jax.jit(map_init), jax.jit(unroll_step, donate_argnums=(0, 1, 2))
-    eval_all = jax.jit(lambda s, h, x, y, i, m: jax.lax.map(lambda a: eval_one(a[0], a[1], x, y, i, m), (s, h)))
+    init_all, run_step, eval_all = jax.jit(map_init), jax.jit(unroll_step, donate_argnums=(0, 1, 2)), jax.jit(map_eval)
   else:
     raise ConfigError(f"unknown sweep strategy {strategy!r}: use auto, vmap, map or unroll")
   batches = jax.jit(jax.vmap(lambda h, e: data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], e), n,

@@ -215,6 +215,12 @@ def test_micro_batch_size_rule():
     train.micro_batch_size(64, -1)
 
 
+def test_take_reads_row_i_inside_a_loop():
+  tree = {"a": jnp.arange(12.0).reshape(4, 3), "b": jnp.arange(4)}
+  rows = jax.jit(lambda t: jax.lax.map(lambda i: train.take(t, i), jnp.arange(4)))(tree)
+  jax.tree.map(np.testing.assert_array_equal, rows, tree)
+
+
 def _sgd_steps(model, micro_batch, x, y, steps=3, opt="rmsprop"):
   tx = train.make_optimizer({"name": opt, "learning_rate": 0.01})
   state = train.init_state(model, tx, jax.random.key(3), x)

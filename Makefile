@@ -39,3 +39,5 @@ test-fast: setup
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/sweep_throughput.py

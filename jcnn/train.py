@@ -141,7 +141,7 @@ def _apply(model, params, batch_stats, x, train, rng):
 
 # The CPU step runs its batch in chunks of this many examples (gradients summed, one update): the activations and
 # patch tensors of a chunk stay in cache. Measured on 2 cores (benchmarks/throughput.py, docs/performance.md): 1.15x
-# at batch 64 and 1.7x at batch 256 against the whole batch at once; chunks of 8 or 32 were slower than 16.
+# at batch 64 and 1.7x at batch 256 against the whole batch at once; chunks of 8 were no faster, 32 slower.
 MICRO_BATCH_CPU = 16
 
 

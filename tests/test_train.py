@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 from jcnn import data as data_lib
-from jcnn import layers, train
+from jcnn import blocks, layers, train
 from jcnn.errors import ConfigError
 from jcnn.models.convnet import ConvNet
 
@@ -257,11 +257,19 @@ def test_chunked_step_dropout_key_per_chunk():
   np.testing.assert_allclose(m["loss_sum"], want, rtol=1e-5)
 
 
+class TinyBN(nn.Module):
+  """Conv -> BatchNorm -> ReLU -> Dense: the smallest model with batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = blocks.ConvBlock(4, norm=blocks.BATCH_NORM, name="block")(x, train=train)   # [B, H, W, 4]
+    return layers.Dense(10, name="head")(layers.Flatten()(x))
+
+
 def test_batchnorm_chunks_only_when_asked():
-  from jcnn import models  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
   y = jax.random.randint(jax.random.key(1), (16,), 0, 10)
-  model = models.get({"name": "resnet_tiny"}, num_classes=10)
+  model = TinyBN()
   auto, _ = _sgd_steps(model, 0, x, y, steps=1, opt="sgd")
   whole, _ = _sgd_steps(model, 16, x, y, steps=1, opt="sgd")
   jax.tree.map(np.testing.assert_array_equal, (auto.params, auto.batch_stats), (whole.params, whole.batch_stats))
@@ -278,10 +286,9 @@ def test_batchnorm_chunks_only_when_asked():
 
 
 def test_chunked_eval_is_exact_with_batchnorm():
-  from jcnn import models  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (24, 8, 8, 3))
   y = jax.random.randint(jax.random.key(1), (24,), 0, 10)
-  model = models.get({"name": "resnet_tiny"}, num_classes=10)
+  model = TinyBN()
   state, _ = _sgd_steps(model, 0, x, y, steps=2, opt="sgd")        # running statistics away from their init
   mask = jnp.arange(24) < 20
   a = jax.jit(train.make_eval_step(model, micro_batch=8))(state, x, y, mask)

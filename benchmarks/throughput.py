@@ -148,7 +148,8 @@ def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int 
 
   flops = summary.flops_per_example(model, shape)
   params = summary.count_params(box["state"].params)
-  return train_n, eval_n, {"compile_train_s": compile_train, "compile_eval_s": compile_eval,
+  return train_n, eval_n, {"train_chunk": train.micro_batch_size(batch, micro_batch, bool(state.batch_stats)),
+                           "compile_train_s": compile_train, "compile_eval_s": compile_eval,
                            "forward_flops_per_image": flops, "params": params}
 
 
@@ -213,9 +214,7 @@ def run_case(name, batch, windows, window_s, mm, torch_threads):
   t_train, t_eval, t_info = build_torch(name, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                         torch.from_numpy(y.astype(np.int64)), torch.from_numpy(order.astype(np.int64)))
   fns = {"jcnn_train": j_train, "jcnn_eval": j_eval}
-  has_bn = bool(jax.eval_shape(lambda: models.get(CASES[name][0]).init(
-      jax.random.key(0), jnp.zeros((1,) + shape), train=False)).get("batch_stats"))
-  chunk = train.micro_batch_size(batch, 0, has_bn)
+  chunk = j_info["train_chunk"]
   if chunk != batch:  # the same step on the whole batch at once, for the record of what chunking gains
     w_train, w_eval, w_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), batch)
     fns.update({"jcnn_whole_train": w_train, "jcnn_whole_eval": w_eval})

@@ -219,8 +219,6 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
   elif strategy == "map":  # a loop over the variants inside one program: compiled once, whatever V
     def map_step(s, f, a, h, b):
       idx, V = rows(s, b), f.shape[0]
-      if V == 1:  # XLA turns a one-trip loop into straight-line code anyway
-        return jax.tree.map(lambda t: t[None], step_one(*jax.tree.map(lambda t: t[0], (s, f, a, h, idx))))
 
       def body(carry, i):
         out = step_one(*train_lib.take(carry + (h, idx), i))

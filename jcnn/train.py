@@ -382,6 +382,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   eval_fn = _jit_eval_epoch(make_eval_step(model, config.train.loss, mb))
 
+  eval_sets = {split: (x, y, *(jnp.asarray(a) for a in data_lib.eval_batches(len(y), config.train.eval_batch_size)))
+               for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
+               if x is not None}   # fixed-size batch indices, on the device once for the whole run
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   history, t_start, compile_s = [], time.perf_counter(), None
   with open(metrics_path, "a") as log:
@@ -411,11 +414,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       progress.close()
       row = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "train_loss": train_m["loss"],
              "train_accuracy": train_m["accuracy"], "epoch_seconds": epoch_s}
-      for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items():
-        if x is not None:
-          idx, mask = data_lib.eval_batches(len(y), config.train.eval_batch_size)
-          m = summarize(eval_fn(state, x, y, jnp.asarray(idx), jnp.asarray(mask)))
-          row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
+      for split, args in eval_sets.items():
+        m = summarize(eval_fn(state, *args))
+        row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
       log.write(json.dumps(row) + "\n")
       log.flush()
       history.append(row)
@@ -424,8 +425,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"{extra} | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {epoch_s:.1f}s", flush=True)
 
   if not history:  # epochs = 0: evaluate the initial model
-    idx, mask = data_lib.eval_batches(len(ds.test_y), config.train.eval_batch_size)
-    m = summarize(eval_fn(state, ds.test_x, ds.test_y, jnp.asarray(idx), jnp.asarray(mask)))
+    m = summarize(eval_fn(state, *eval_sets["test"]))
     history.append({"epoch": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
   results = {"experiment": config.get("name", ""), "model": config.model.name, "dataset": config.data.name,
              "params": summary.count_params(state.params), "epochs": config.train.epochs,

@@ -1,7 +1,11 @@
 """The only entry point: python launch.py --experiment=NAME [--config.a.b=value ...] [--workdir=DIR] | --list
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
-ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field.
+ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field. The same
+command with the same --workdir resumes an unfinished run from its newest checkpoint.
+
+Exit status: 0 done; 2 bad input (one `error:` line naming the fix); 3 training diverged; 130 / 143 stopped by
+SIGINT / SIGTERM after saving a checkpoint.
 """
 import importlib
 import os
@@ -19,9 +23,9 @@ def experiments() -> list[str]:
   return sorted(f[:-3] for f in os.listdir(os.path.join(HERE, "experiments")) if f.endswith(".py") and f[0] != "_")
 
 
-def fail(msg: str):
+def fail(msg: str, code: int = 2):
   print(f"error: {msg}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(code)
 
 
 def check_overrides(argv, name, config):
@@ -42,7 +46,7 @@ def check_overrides(argv, name, config):
       if key not in keys:
         near = difflib.get_close_matches(key, keys, n=1)
         fail(f"unknown config key --{name}.{key}" + (f"; did you mean --{name}.{near[0]}?" if near else "") +
-             f" (keys are in experiments/{EXPERIMENT}.py)")
+             f" (keys and their meaning: jcnn/config.py)")
 
 
 def _argv_value(argv, name):
@@ -89,16 +93,26 @@ def main(argv):
     if EXPERIMENT is None and not FLAGS.list:
       fail("no experiment given: python launch.py --experiment=NAME (one of the above)")
     return
+  from jcnn.errors import Interrupted  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir or os.path.join("runs", EXPERIMENT, time.strftime("%Y%m%d-%H%M%S"))
   try:
     if "sweep" in FLAGS:
       from jcnn import sweep  # pylint: disable=g-import-not-at-top
       sweep.run_sweep(FLAGS.config, FLAGS.sweep, workdir)
     else:
-      from jcnn import train  # pylint: disable=g-import-not-at-top
-      train.train_and_evaluate(FLAGS.config, workdir)
+      from jcnn import loop  # pylint: disable=g-import-not-at-top
+      loop.train_and_evaluate(FLAGS.config, workdir)
   except UserError as e:
-    fail(str(e))
+    fail(str(e), e.exit_code)
+  except Interrupted as e:
+    args = sys.argv[1:]
+    again = [a for i, a in enumerate(args) if not a.startswith("--workdir=") and a != "--workdir" and
+             (i == 0 or args[i - 1] != "--workdir")] + [f"--workdir={workdir}"]
+    print(f"stopped: {e}; resume with: python launch.py {' '.join(again)}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    print(f"stopped before training began; nothing to resume in {workdir}", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,10 @@ def get_config():
   vocab = ml_collections.FieldReference(20000)   # shared: the embedding table must match the tokeniser
   c.model = ml_collections.ConfigDict(dict(name="textcnn", vocab_size=vocab, embed_dim=128, num_filters=100,
                                            activation="relu", dropout_rate=0.5, init_scale=1.0))
-  c.data = ml_collections.ConfigDict(dict(
-      name="imdb_reviews", data_dir="", vocab_size=vocab,
-      max_len=400,              # tokens per review (cut or zero-padded)
-      preprocess="none", val_size=0, train_limit=0, test_limit=0, augment="none",
-  ))
+  c.data.name = "imdb_reviews"
+  c.data.vocab_size = vocab
+  c.data.max_len = 400          # tokens per review (cut or zero-padded)
+  c.data.preprocess = "none"
   c.train.epochs = 5
   c.train.batch_size = 50
   c.optim.name = "adam"

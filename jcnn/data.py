@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcnn.config import AUGMENTATIONS, PREPROCESS, with_defaults
 from jcnn.errors import DataError
 
 DEBIAN_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/usr/share/datasets/mnist"}
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,17 +174,17 @@ def tokenize(texts, max_len: int = 400, vocab_size: int = 20000, vocab: dict | N
 def load_text(cfg: Mapping[str, Any], seed: int = 0) -> "Dataset":
   """config.data (name, max_len, vocab_size, val_size, train_limit, test_limit) -> Dataset of token ids on the device.
   The vocabulary comes from the training split (after the validation hold-out)."""
-  trx, try_, tex, tey, num_classes = load_tfds(cfg["name"], cfg.get("data_dir", ""))
-  val_size = int(cfg.get("val_size", 0))
+  trx, try_, tex, tey, num_classes = load_tfds(cfg["name"], cfg["data_dir"])
+  val_size = int(cfg["val_size"])
   vax = vay = None
   if val_size:
     perm = np.random.default_rng(seed).permutation(len(trx))
     vax, vay, trx, try_ = trx[perm[:val_size]], try_[perm[:val_size]], trx[perm[val_size:]], try_[perm[val_size:]]
-  if cfg.get("train_limit", 0):
+  if cfg["train_limit"]:
     trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
-  if cfg.get("test_limit", 0):
+  if cfg["test_limit"]:
     tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
-  max_len, vocab_size = int(cfg.get("max_len", 400)), int(cfg.get("vocab_size", 20000))
+  max_len, vocab_size = int(cfg["max_len"]), int(cfg["vocab_size"])
   trx, vocab = tokenize(trx, max_len, vocab_size)
   tex = tokenize(tex, max_len, vocab=vocab)[0]
   vax = tokenize(vax, max_len, vocab=vocab)[0] if vax is not None else None
@@ -245,18 +245,18 @@ def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
 
 
 def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
-  """config.data -> Dataset on the device. See experiments/*.py for the fields."""
+  """config.data (missing fields take jcnn/config.py's defaults) -> Dataset on the device."""
+  cfg = with_defaults("data", cfg)
   if cfg["name"] in TEXT_DATASETS:
     return load_text(cfg, seed)
-  trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg.get("data_dir", ""),
-                                               cfg.get("synthetic_shape", (28, 28, 1)),
-                                               cfg.get("synthetic_size", (2048, 512)))
+  trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg["data_dir"], cfg["synthetic_shape"],
+                                               cfg["synthetic_size"])
   if trx.ndim == 3:
     trx, tex = trx[..., None], tex[..., None]
-  pad = int(cfg.get("pad", 0))
+  pad = int(cfg["pad"])
   if pad:  # zero-pad every side, e.g. 28x28 -> 32x32 for LeNet-5's input
     trx, tex = (np.pad(a, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) for a in (trx, tex))
-  val_size = int(cfg.get("val_size", 0))
+  val_size = int(cfg["val_size"])
   vax = vay = None
   if val_size:
     if not 0 < val_size < len(trx):
@@ -264,12 +264,12 @@ def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
     perm = np.random.default_rng(seed).permutation(len(trx))
     vax, vay = trx[perm[:val_size]], try_[perm[:val_size]]
     trx, try_ = trx[perm[val_size:]], try_[perm[val_size:]]
-  if cfg.get("train_limit", 0):
+  if cfg["train_limit"]:
     trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
-  if cfg.get("test_limit", 0):
+  if cfg["test_limit"]:
     tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
   others = [tex] + ([vax] if vax is not None else [])
-  trx, others, stats = preprocess(trx, others, cfg.get("preprocess", "scale"))
+  trx, others, stats = preprocess(trx, others, cfg["preprocess"])
   put = jax.device_put
   return Dataset(cfg["name"], put(trx), put(try_), put(others[0]), put(tey),
                  put(others[1]) if vax is not None else None, put(vay) if vay is not None else None,
@@ -278,8 +278,6 @@ def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Augmentation, on the device, inside the jitted train step. Per-example randomness from one key.
-AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
-
 
 def augment(key: jax.Array, x: jax.Array, kind: str = "none", crop_pad: int = 4) -> jax.Array:
   """x: [B, H, W, C]. 'flip': random horizontal flips; 'crop': pad by crop_pad (zeros) and take a random HxW crop;

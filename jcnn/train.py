@@ -1,23 +1,17 @@
-"""Training: optimizers and losses by name, a pure train step and eval step, and `train_and_evaluate(config, workdir)`.
+"""Training pieces: optimizers and losses by name, TrainState, a pure train step and eval step, evaluation.
 
 The pieces are plain functions so research code can use them without the launcher:
   state = init_state(model, tx, key, sample_x)
   step = jax.jit(make_train_step(model, tx))           # (state, x, y, rng) -> (state, metrics)
   metrics = evaluate(model, state, x_test, y_test)    # {'loss', 'accuracy', 'count'}
 Metrics are pytrees of sums and counts (`loss_sum`, `correct`, `count`): they add across steps and vmap across variants.
+The loop that drives these for runs and sweeps (checkpoints, writers, resume) is jcnn/loop.py.
 """
 from __future__ import annotations
 
 import functools
-import json
-import os
-import platform
-import subprocess
-import sys
-import time
 from typing import Any, Callable, Mapping
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,36 +19,34 @@ import optax
 from flax import struct
 
 from jcnn import data as data_lib
-from jcnn import layers, models, summary
+from jcnn.config import LOSSES, OPTIMIZERS, SCHEDULES, with_defaults
 from jcnn.errors import ConfigError, ShapeError
-
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-LOSSES = ("cross_entropy", "mse")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizers. The learning rate (and adamw's weight decay) live in the optimizer state as arrays
 # (optax.inject_hyperparams), so a sweep can give each variant its own; the schedule is a multiplier chained after.
 def make_optimizer(cfg: Mapping[str, Any], total_steps: int = 1) -> optax.GradientTransformation:
+  """config.optim (missing fields take the schema's defaults) -> the optimizer; total_steps sizes the schedule."""
+  cfg = with_defaults("optim", cfg)
   name = cfg["name"]
   if name not in OPTIMIZERS:
     raise ConfigError(f"unknown optimizer {name!r}: set config.optim.name to one of {', '.join(OPTIMIZERS)}")
-  momentum = cfg.get("momentum", 0.9)
+  momentum = cfg["momentum"]
   base = {
       "sgd": optax.sgd,
       "momentum": functools.partial(optax.sgd, momentum=momentum),
       "nesterov": functools.partial(optax.sgd, momentum=momentum, nesterov=True),
       # Keras' RMSprop: rho 0.9, epsilon 1e-7 (optax puts eps inside the sqrt; the difference is negligible here).
-      "rmsprop": functools.partial(optax.rmsprop, decay=cfg.get("rho", 0.9), eps=1e-7),
+      "rmsprop": functools.partial(optax.rmsprop, decay=cfg["rho"], eps=1e-7),
       "adam": optax.adam,
       "adamw": optax.adamw,
   }[name]
   kwargs = {"learning_rate": cfg["learning_rate"]}
   if name == "adamw":
-    kwargs["weight_decay"] = cfg.get("weight_decay", 1e-4)
+    kwargs["weight_decay"] = cfg["weight_decay"]
   tx = optax.inject_hyperparams(base)(**kwargs)
-  schedule = cfg.get("schedule", "constant")
+  schedule = cfg["schedule"]
   if schedule not in SCHEDULES:
     raise ConfigError(f"unknown schedule {schedule!r}: set config.optim.schedule to one of {', '.join(SCHEDULES)}")
   if schedule == "constant":
@@ -63,10 +55,10 @@ def make_optimizer(cfg: Mapping[str, Any], total_steps: int = 1) -> optax.Gradie
   if schedule == "cosine":
     mult = optax.cosine_decay_schedule(1.0, total_steps)
   elif schedule == "warmup_cosine":
-    warmup = max(int(cfg.get("warmup_fraction", 0.05) * total_steps), 1)
+    warmup = max(int(cfg["warmup_fraction"] * total_steps), 1)
     mult = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps)
   else:  # step: multiply by decay_factor at each boundary (fractions of training; He et al.'s 0.5 and 0.75)
-    bounds = {int(b * total_steps): cfg.get("decay_factor", 0.1) for b in cfg.get("boundaries", (0.5, 0.75))}
+    bounds = {int(b * total_steps): cfg["decay_factor"] for b in cfg["boundaries"]}
     mult = optax.piecewise_constant_schedule(1.0, bounds)
   return optax.chain(tx, optax.scale_by_schedule(mult))
 
@@ -275,170 +267,3 @@ def eval_epoch(eval_step, state, x, y, idx, mask) -> dict:
 def _jit_eval_epoch(eval_step):
   """One program for a whole evaluation."""
   return jax.jit(functools.partial(eval_epoch, eval_step))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config checks: every user mistake found before any file is written.
-def check_config(config) -> None:
-  rate = config.model.get("dropout_rate", 0.0)
-  try:
-    layers.check_rate(rate)
-  except ValueError as e:
-    raise ConfigError(f"config.model.dropout_rate: {e}") from None
-  act = config.model.get("activation", "relu")
-  if isinstance(act, str) and act not in layers.ACTIVATIONS:
-    raise ConfigError(f"config.model.activation={act!r} is unknown: choose one of {', '.join(layers.ACTIVATIONS)}")
-  if config.model.get("init_scale", 1.0) <= 0:
-    raise ConfigError(f"config.model.init_scale must be > 0, got {config.model.init_scale}")
-  if config.optim.name not in OPTIMIZERS:
-    raise ConfigError(f"unknown optimizer {config.optim.name!r}: set config.optim.name to one of {', '.join(OPTIMIZERS)}")
-  if config.train.loss not in LOSSES:
-    raise ConfigError(f"unknown loss {config.train.loss!r}: set config.train.loss to one of {', '.join(LOSSES)}")
-  if config.train.batch_size <= 0 or config.train.epochs < 0:
-    raise ConfigError("config.train.batch_size must be > 0 and config.train.epochs >= 0")
-  micro_batch_size(config.train.batch_size, config.train.get("micro_batch", 0))  # raises ConfigError if < 0
-  if config.data.get("augment", "none") not in data_lib.AUGMENTATIONS:
-    raise ConfigError(f"unknown augmentation {config.data.augment!r}: choose one of "
-                      f"{', '.join(data_lib.AUGMENTATIONS)}")
-  if config.data.preprocess not in data_lib.PREPROCESS:
-    raise ConfigError(f"unknown preprocessing {config.data.preprocess!r}: choose one of "
-                      f"{', '.join(data_lib.PREPROCESS)}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run record.
-def run_record() -> dict:
-  """Versions, device and git commit: what a reader needs to reproduce a result."""
-  try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    commit = ""
-  return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "python": sys.version.split()[0],
-          "platform": platform.platform(), "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-          "git_commit": commit or "unknown", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
-class Progress:
-  """Prints a progress line (steps/s, ETA, current metrics) about every `every` seconds."""
-
-  def __init__(self, total: int, prefix: str, every: float = 2.0):
-    self.total, self.prefix, self.every = total, prefix, every
-    self.t0 = self.last = time.perf_counter()
-    self.offset = 0   # steps done before t0 (the compiling step), left out of the rate
-    self.tty = sys.stdout.isatty()
-
-  def update(self, done: int, metrics: Callable[[], dict], force: bool = False):
-    now = time.perf_counter()
-    if not force and now - self.last < self.every:
-      return None
-    m = metrics()                 # waits for the steps dispatched so far: the rate counts finished steps
-    now = self.last = time.perf_counter()
-    rate = (done - self.offset) / max(now - self.t0, 1e-9)
-    eta = (self.total - done) / max(rate, 1e-9)
-    line = (f"{self.prefix} {done}/{self.total} steps | {rate:.1f} steps/s | ETA {eta:.0f}s | "
-            f"loss {m['loss']:.4f} acc {m['accuracy']:.4f}")
-    print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
-    return m
-
-  def close(self):
-    if self.tty:
-      print(flush=True)
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains config.model on config.data; writes config.json, metrics.jsonl, results.json and curves.png to workdir."""
-  check_config(config)
-  if os.path.exists(os.path.join(workdir, "results.json")):  # say so before loading data and compiling
-    raise ConfigError(f"{workdir} already holds a finished run (results.json); pass a new --workdir")
-  ds = data_lib.load(config.data, seed=config.train.seed)
-  model = models.get(config.model, num_classes=ds.num_classes)
-  steps_per_epoch = len(ds.train_y) // config.train.batch_size
-  data_lib.epoch_batches(jax.random.key(0), len(ds.train_y), config.train.batch_size)  # checks batch <= N
-  tx = make_optimizer(config.optim, steps_per_epoch * config.train.epochs)
-  key = jax.random.key(config.train.seed)
-  k_init, k_data, k_dropout = jax.random.split(key, 3)
-  state = init_state(model, tx, k_init, ds.train_x[:1])
-  table = summary.summary(model, ds.image_shape, variables={"params": state.params, "batch_stats": state.batch_stats})
-  print(table)
-
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, "results.json")):
-    raise ConfigError(f"{workdir} already holds a finished run (results.json); pass a new --workdir")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({"config": json.loads(config.to_json_best_effort()), "record": run_record()}, f, indent=2)
-
-  mb = config.train.get("micro_batch", 0)
-  train_step = make_train_step(model, tx, config.train.loss, config.train.l2, mb)
-
-  augment = config.data.get("augment", "none")
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def run_step(state, acc, images, labels, batches, rng):
-    idx = batches[state.step % batches.shape[0]]             # [B] indices, gathered on the device
-    x = data_lib.augment(jax.random.fold_in(rng, -1 - state.step), images[idx], augment)  # [B, H, W, C]
-    state, m = train_step(state, x, labels[idx], rng)
-    return state, jax.tree.map(jnp.add, acc, m)
-
-  eval_fn = _jit_eval_epoch(make_eval_step(model, config.train.loss, mb))
-
-  eval_sets = {split: (x, y, *(jnp.asarray(a) for a in data_lib.eval_batches(len(y), config.train.eval_batch_size)))
-               for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
-               if x is not None}   # fixed-size batch indices, on the device once for the whole run
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history, t_start, compile_s = [], time.perf_counter(), None
-  with open(metrics_path, "a") as log:
-    for epoch in range(1, config.train.epochs + 1):
-      batches = data_lib.epoch_batches(jax.random.fold_in(k_data, epoch), len(ds.train_y), config.train.batch_size)
-      acc, log_acc = zero_metrics(), zero_metrics()
-      progress = Progress(steps_per_epoch, f"epoch {epoch}/{config.train.epochs}")
-      t_epoch = time.perf_counter()
-      for i in range(steps_per_epoch):
-        if compile_s is None:
-          t0 = time.perf_counter()
-          state, acc = run_step(state, acc, ds.train_x, ds.train_y, batches, k_dropout)
-          jax.block_until_ready(acc)
-          compile_s = time.perf_counter() - t0
-          print(f"compiled the train step in {compile_s:.1f}s (first step included)", flush=True)
-          progress.t0 = progress.last = time.perf_counter()
-          progress.offset = 1
-          continue
-        state, acc = run_step(state, acc, ds.train_x, ds.train_y, batches, k_dropout)
-        if (i + 1) % config.train.log_every == 0:
-          m = summarize(jax.tree.map(jnp.subtract, acc, log_acc))
-          log_acc = jax.tree.map(jnp.copy, acc)
-          log.write(json.dumps({"kind": "train", "step": int(state.step), "epoch": epoch, **m}) + "\n")
-        progress.update(i + 1, lambda: summarize(acc))
-      train_m = summarize(acc)
-      epoch_s = time.perf_counter() - t_epoch
-      progress.close()
-      row = {"kind": "epoch", "epoch": epoch, "step": int(state.step), "train_loss": train_m["loss"],
-             "train_accuracy": train_m["accuracy"], "epoch_seconds": epoch_s}
-      for split, args in eval_sets.items():
-        m = summarize(eval_fn(state, *args))
-        row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
-      log.write(json.dumps(row) + "\n")
-      log.flush()
-      history.append(row)
-      extra = f" | val acc {row['val_accuracy']:.4f}" if "val_accuracy" in row else ""
-      print(f"epoch {epoch}/{config.train.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-            f"{extra} | test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | {epoch_s:.1f}s", flush=True)
-
-  if not history:  # epochs = 0: evaluate the initial model
-    m = summarize(eval_fn(state, *eval_sets["test"]))
-    history.append({"epoch": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
-  results = {"experiment": config.get("name", ""), "model": config.model.name, "dataset": config.data.name,
-             "params": summary.count_params(state.params), "epochs": config.train.epochs,
-             "final": history[-1], "compile_seconds": compile_s,
-             "wall_seconds": time.perf_counter() - t_start,
-             "train_images_per_second": (steps_per_epoch * config.train.batch_size * config.train.epochs /
-                                         max(sum(h.get("epoch_seconds", 0) for h in history), 1e-9))}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  try:
-    from jcnn import viz  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
-    viz.plot_learning_curves(metrics_path, os.path.join(workdir, "curves.png"))
-  except ImportError:
-    pass
-  print(f"results: {os.path.join(workdir, 'results.json')}")
-  return {"results": results, "state": state, "history": history}

@@ -1,0 +1,196 @@
+"""Checkpoints with orbax-checkpoint: save, restore, resume.
+
+A checkpoint is one step folder under `<workdir>/checkpoints[/<program>]/<step>/` holding two items:
+  state  the loop's whole carried state (loop.RunState): parameters, optimizer state, BatchNorm statistics, step,
+         the epoch's metric sums, and the failed-at step; for a sweep every leaf has the leading variant axis V;
+  meta   JSON: a `jcnn` marker, the step, the epoch rows so far, and for a sweep the variant table (which row is which
+         hyperparameters, which variants failed at which step).
+PRNG keys and the data order are not stored as state of their own: every key is derived from the seed (in the
+variant table / config) and the step, so the step is the whole PRNG and data-order state (the meta records the seed).
+Writes go through orbax's CheckpointManager: a temporary folder renamed into place once complete, so a process killed
+in the middle of a save leaves the previous checkpoint restorable (tests/test_checkpoint.py kills one with SIGKILL).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jcnn.errors import UserError
+
+FORMAT = 1   # the `jcnn` marker in every checkpoint's meta
+
+
+class CheckpointError(UserError):
+  pass
+
+
+def _ocp():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import; only runs that checkpoint)
+  return ocp
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class Checkpoints:
+  """The checkpoints of one training program in `directory`: the newest `keep` are kept.
+
+  save(step, state, meta) writes asynchronously (the arrays are copied off the device before it returns); restore()
+  returns (state, meta) of the newest step, or None when there is none.
+  """
+
+  def __init__(self, directory: str, keep: int = 2):
+    ocp = _ocp()
+    self.directory = os.path.abspath(directory)
+    self.last_saved = None
+    try:
+      self._mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"cannot open checkpoint folder {self.directory}: {_first_line(e)}; check the path and "
+                            f"its permissions, or pass a new --workdir") from None
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict) -> bool:
+    """Saves unless this step is saved already. A full disk raises CheckpointError; the previous step stays."""
+    if step == self.last_saved or step in self._mngr.all_steps():
+      return False
+    ocp = _ocp()
+    meta = dict(meta, jcnn=FORMAT, step=int(step))
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(step, e)
+    self.last_saved = step
+    return True
+
+  def wait(self):
+    """Blocks until the last save is on disk (and reports a failed one)."""
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(self.last_saved, e)
+
+  def _failed(self, step, e):
+    previous = [s for s in self._mngr.all_steps() if s != step]
+    kept = f"the previous checkpoint (step {max(previous)}) is kept" if previous else "no earlier checkpoint exists"
+    if _is_disk_full(e):
+      raise CheckpointError(f"no space left on the device while saving checkpoint step {step} in {self.directory}; "
+                            f"{kept}; free some space and run the same command to resume") from None
+    raise CheckpointError(f"could not save checkpoint step {step} in {self.directory} ({_first_line(e)}); {kept}; "
+                          f"fix the cause and run the same command to resume") from None
+
+  def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
+    """The newest checkpoint as (state, meta), restored into the structure of `abstract_state` (jax.eval_shape of
+    the program's init), or None when the folder holds none. A checkpoint that is truncated, is not jcnn's, or holds
+    arrays of other shapes raises CheckpointError naming the fix."""
+    ocp = _ocp()
+    step = self._mngr.latest_step()
+    if step is None:
+      return None
+    where = os.path.join(self.directory, str(step))
+    fix = f"delete {where} to resume from an earlier checkpoint, or pass a new --workdir"
+    try:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or not a jcnn "
+                            f"checkpoint; {fix}") from None
+    if not isinstance(meta, dict) or meta.get("jcnn") != FORMAT:
+      raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
+    try:
+      saved = self._mngr.item_metadata(step)["state"]
+      saved = getattr(saved, "tree", saved)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated; {fix}") from None
+    mismatch = first_shape_mismatch(saved, abstract_state)
+    if mismatch:
+      raise CheckpointError(f"checkpoint {where} is of a different model or config: {mismatch}; pass a new --workdir "
+                            f"for this config")
+    try:
+      state = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or damaged; "
+                            f"{fix}") from None
+    return state["state"], meta
+
+  def close(self):
+    self.wait()
+    self._mngr.close()
+
+
+def _first_line(e: BaseException) -> str:
+  s = str(e).strip()
+  return (s.splitlines()[0][:200] if s else type(e).__name__)
+
+
+def _leaves(tree) -> dict[str, Any]:
+  """{'train/params/conv1/kernel': leaf} for the saved metadata (nested dicts) and for dataclass / dict targets."""
+  out = {}
+
+  def walk(t, prefix):
+    if hasattr(t, "__dataclass_fields__"):
+      t = {k: getattr(t, k) for k in t.__dataclass_fields__}
+    if isinstance(t, dict):
+      for k, v in t.items():
+        walk(v, f"{prefix}{k}/")
+    elif isinstance(t, (list, tuple)) and not hasattr(t, "shape"):
+      items = t._asdict().items() if hasattr(t, "_asdict") else enumerate(t)
+      for k, v in items:
+        walk(v, f"{prefix}{k}/")
+    elif t is not None:
+      out[prefix[:-1]] = t
+  walk(tree, "")
+  return out
+
+
+def first_shape_mismatch(saved, target) -> str | None:
+  """'parameter conv1/kernel has shape (3, 3, 1, 32) in the checkpoint, (3, 3, 1, 16) here' for the first parameter
+  (then any other array) whose shape differs; None when every shape agrees."""
+  a, b = _leaves(saved), _leaves(target)
+  params = lambda d: {k.split("params/", 1)[1]: v for k, v in d.items() if "/params/" in f"/{k}" and
+                      k.startswith("train/params/")}
+  pa, pb = params(a), params(b)
+  for k in sorted(set(pa) | set(pb)):
+    if k not in pa or k not in pb:
+      return (f"parameter {k} is missing from the checkpoint" if k not in pa else
+              f"the checkpoint has parameter {k}, which this model lacks")
+    sa, sb = tuple(pa[k].shape), tuple(pb[k].shape)
+    if sa != sb:
+      return f"parameter {k} has shape {sa} in the checkpoint, {sb} here"
+  for k in sorted(set(a) & set(b)):
+    if hasattr(a[k], "shape") and hasattr(b[k], "shape") and tuple(a[k].shape) != tuple(b[k].shape):
+      return f"{k} has shape {tuple(a[k].shape)} in the checkpoint, {tuple(b[k].shape)} here"
+  return None
+
+
+def restore_or_init(ckpt: Checkpoints | None, init: Callable[[], Any]) -> tuple[Any, dict]:
+  """The newest checkpoint's (state, meta), or (init(), {}) when there is none (or no checkpoints are kept)."""
+  if ckpt is not None:
+    restored = ckpt.restore(jax.eval_shape(init))
+    if restored is not None:
+      return restored
+  return init(), {}
+
+
+def to_json(x):
+  """Epoch rows and tables for the meta: numpy values as plain floats / lists."""
+  if isinstance(x, dict):
+    return {k: to_json(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_json(v) for v in x]
+  if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+    return np.asarray(x).tolist()
+  return x

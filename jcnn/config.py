@@ -1,0 +1,286 @@
+"""The config schema: every field of an experiment, its default, what values it allows, and what it means.
+
+Experiments derive from `base_config()` and override fields (experiments/fashion_convnet.py); library code reads
+defaults from here, never from `.get(key, default)` copies. Each field is one `Field(default, check, doc)` row, so its
+constraint sits beside its default and comment; `check_config` runs every check before data is loaded or a file is
+written, and a wrong value gets one line naming the field, the value and what is allowed.
+
+    c = base_config(); c.train.epochs = 10                  # locked: a mistyped key is an error
+    check_config(c)                                         # ConfigError("config.train.epochs=-1: must be >= 0")
+    with_defaults("optim", {"name": "sgd"})                 # a partial section completed from the schema
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, NamedTuple
+
+import ml_collections
+
+from jcnn.errors import ConfigError
+
+Check = Callable[[Any], "str | None"]   # value -> what is allowed (the error's tail), or None when the value is fine
+
+
+class Field(NamedTuple):
+  default: Any
+  check: Check | None
+  doc: str
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks: each returns None for a good value, else a phrase saying what is allowed.
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+  def check(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+      return f"must be an integer{_bounds(lo, hi)}"
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+      return f"must be{_bounds(lo, hi)}"
+    return None
+  return check
+
+
+def real(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
+  def check(v):
+    bounds = _bounds(lo, hi, lo_open, hi_open)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      return f"must be a finite number{bounds}"
+    if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
+      return f"must be{bounds}"
+    return None
+  return check
+
+
+def choice(*options, lazy: Callable[[], tuple] | None = None) -> Check:
+  def check(v):
+    opts = tuple(lazy()) if lazy else options
+    return None if isinstance(v, str) and v in opts else f"must be one of {', '.join(opts)}"
+  return check
+
+
+def text(v):
+  return None if isinstance(v, str) else "must be a string"
+
+
+def shape(v):
+  ok = isinstance(v, (tuple, list)) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+  return None if ok else "must be a tuple of positive integers"
+
+
+def fractions(v):
+  """Step-schedule boundaries: fractions of training in (0, 1), increasing."""
+  ok = (isinstance(v, (tuple, list)) and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1
+                                               for b in v) and all(a < b for a, b in zip(v, v[1:])))
+  return None if ok else "must be increasing fractions of training in (0, 1), e.g. (0.5, 0.75)"
+
+
+def _bounds(lo, hi, lo_open=False, hi_open=False) -> str:
+  parts = []
+  if lo is not None:
+    parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+  if hi is not None:
+    parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+  return (" " + " and ".join(parts)) if parts else ""
+
+
+def _models():
+  from jcnn import models  # pylint: disable=g-import-not-at-top  (the zoo imports flax; the schema itself does not)
+  return sorted(models.ZOO)
+
+
+def _activations():
+  from jcnn import layers  # pylint: disable=g-import-not-at-top
+  return tuple(layers.ACTIVATIONS)
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+LOSSES = ("cross_entropy", "mse")
+PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
+AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
+
+# ----------------------------------------------------------------------------------------------------------------
+# The schema. Model sections may hold further fields of their model (features, dense, pool, ...): the model's
+# constructor checks those.
+SCHEMA: dict[str, dict[str, Field]] = {
+    "": {
+        "name": Field("", text, "the experiment's name (its file under experiments/)"),
+        "description": Field("", text, "one line for `launch.py --list`"),
+    },
+    "model": {
+        "name": Field("convnet", choice(lazy=_models), "a jcnn.models.ZOO entry"),
+        "activation": Field("relu", choice(lazy=_activations), "hidden-layer activation, by name"),
+        "dropout_rate": Field(0.0, real(0, 1, hi_open=True), "0 disables dropout; 0.5 drops half the units"),
+        "init_scale": Field(1.0, real(0, lo_open=True), "multiplies the Glorot-uniform initial weights"),
+    },
+    "data": {
+        "name": Field("fashion_mnist", text, "fashion_mnist | mnist | cifar10 | imdb_reviews | synthetic"),
+        "data_dir": Field("", text, "extra folder to search for IDX files (also $JCNN_DATA_DIR)"),
+        "preprocess": Field("scale", choice(*PREPROCESS), "pixels / 255, then per-channel statistics of the "
+                                                          "training split: standardize, minmax, center, or none"),
+        "val_size": Field(0, integer(0), "examples held out of the training split for validation"),
+        "train_limit": Field(0, integer(0), "use only the first N training examples (0 = all)"),
+        "test_limit": Field(0, integer(0), "use only the first N test examples (0 = all)"),
+        "pad": Field(0, integer(0), "zero-pad each image side by this many pixels"),
+        "augment": Field("none", choice(*AUGMENTATIONS), "on the device, per step: none | flip | crop | flip_crop"),
+        "max_len": Field(400, integer(1), "text datasets: tokens per example (cut or zero-padded)"),
+        "vocab_size": Field(20000, integer(3), "text datasets: vocabulary size, padding and unknown included"),
+        "synthetic_shape": Field((28, 28, 1), shape, "synthetic dataset: image shape"),
+        "synthetic_size": Field((2048, 512), shape, "synthetic dataset: (training, test) examples"),
+    },
+    "train": {
+        "epochs": Field(5, integer(0), "passes over the training split (raise it when resuming to train longer)"),
+        "batch_size": Field(64, integer(1), "examples per optimizer step"),
+        "seed": Field(0, integer(0), "initial parameters, data order, dropout masks (a sweep's seeds start here)"),
+        "loss": Field("cross_entropy", choice(*LOSSES), "cross_entropy, or mse of the softmax against one-hot"),
+        "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
+        "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: 16 on CPU without "
+                                            "BatchNorm, else the whole batch)"),
+        "log_every": Field(100, integer(1), "steps between train rows of metrics.jsonl and TensorBoard"),
+        "eval_batch_size": Field(1000, integer(1), "examples per evaluation batch"),
+    },
+    "optim": {
+        "name": Field("rmsprop", choice(*OPTIMIZERS), "the optimizer"),
+        "learning_rate": Field(1e-3, real(0, lo_open=True), "the base learning rate (the schedule multiplies it)"),
+        "momentum": Field(0.9, real(0, 1, hi_open=True), "momentum and nesterov: the momentum coefficient"),
+        "rho": Field(0.9, real(0, 1, lo_open=True, hi_open=True), "rmsprop: decay of the squared-gradient average"),
+        "weight_decay": Field(1e-4, real(0), "adamw: decoupled weight decay"),
+        "schedule": Field("constant", choice(*SCHEDULES), "multiplier of the learning rate over training"),
+        "warmup_fraction": Field(0.05, real(0, 1, hi_open=True), "warmup_cosine: share of training warming up"),
+        "boundaries": Field((0.5, 0.75), fractions, "step: fractions of training where the rate drops"),
+        "decay_factor": Field(0.1, real(0, 1, lo_open=True), "step: multiplier at each boundary"),
+    },
+    "checkpoint": {
+        "every_steps": Field(0, integer(0), "also save every N steps (0 = only at epoch ends and at the end)"),
+        "keep": Field(2, integer(1), "checkpoints kept (the newest)"),
+    },
+    "writers": {
+        "tensorboard": Field(True, lambda v: None if isinstance(v, bool) else "must be True or False",
+                             "write TensorBoard event files under the workdir's tb/"),
+    },
+}
+
+# Fields a resumed run may change without changing what it computes up to where it stopped.
+RESUMABLE_CHANGES = ("description", "train.epochs", "train.log_every", "train.eval_batch_size", "checkpoint.",
+                     "writers.")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field at its default. Experiments derive from this and override fields."""
+  c = ml_collections.ConfigDict()
+  for section, fields in SCHEMA.items():
+    node = c
+    if section:
+      c[section] = ml_collections.ConfigDict()
+      node = c[section]
+    for key, f in fields.items():
+      node[key] = f.default
+  return c
+
+
+def with_defaults(section: str, cfg: Mapping[str, Any] | None = None) -> dict:
+  """A section of the config as a dict: the schema's defaults overlaid with `cfg` (which may be partial)."""
+  out = {k: f.default for k, f in SCHEMA[section].items()}
+  out.update(dict(cfg or {}))
+  return out
+
+
+def flatten(c: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'train.epochs': 5, ...} for a nested config or dict."""
+  out = {}
+  for k, v in c.items():
+    if hasattr(v, "items"):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_value(path: str, value) -> str | None:
+  """The error line for config.<path> = value, or None (fields outside the schema are not checked here)."""
+  section, _, key = path.rpartition(".")
+  f = SCHEMA.get(section, {}).get(key)
+  if f is None or f.check is None:
+    return None
+  problem = f.check(value)
+  return f"config.{path}={value!r}: {problem}" if problem else None
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the first field whose value its schema row does not allow."""
+  for path, value in flatten(config).items():
+    msg = check_value(path, value)
+    if msg:
+      raise ConfigError(msg)
+  # Relations that need the dataset's size (val_size, batch_size against the training images) are checked when it is
+  # loaded (data.load, data.epoch_batches), still before any file is written.
+
+
+def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHANGES) -> list[str]:
+  """Keys whose values differ between two configs (flattened), except those a resumed run may change."""
+  a, b = flatten(saved), flatten(new)
+  norm = lambda v: list(v) if isinstance(v, tuple) else v   # JSON turns tuples into lists
+  keys = sorted(set(a) | set(b))
+  return [k for k in keys if norm(a.get(k)) != norm(b.get(k)) and not any(k == p or (p.endswith(".") and
+                                                                                       k.startswith(p))
+                                                                           for p in allowed)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sweep axes: hyperparameters that keep parameter shapes, so variants that differ only in them train in one program
+# as traced values. Everything about an axis derives from its row: the sweep field (`name`), the config field a
+# variant replaces (`key`: its section says where the value goes — a model field, an injected optimizer
+# hyperparameter, or a train-step argument), the traced dtype, and how a value becomes a number. Adding one is a row
+# here plus a model field (or optimizer hyperparameter, or make_train_step argument) that accepts a traced value.
+class Axis(NamedTuple):
+  name: str
+  key: str
+  dtype: str = "float32"
+  encode: Callable[[Any], Any] = float
+
+  @property
+  def section(self) -> str:
+    return self.key.split(".")[0]
+
+  @property
+  def field(self) -> str:
+    return self.key.split(".")[1]
+
+
+def _activation_index(name):
+  from jcnn import layers  # pylint: disable=g-import-not-at-top
+  return layers.activation_index(name)
+
+
+SWEEP_AXES = (
+    Axis("dropout_rate", "model.dropout_rate"),
+    Axis("init_scale", "model.init_scale"),
+    Axis("activation", "model.activation", "int32", _activation_index),
+    Axis("learning_rate", "optim.learning_rate"),
+    Axis("weight_decay", "optim.weight_decay"),      # injected only by adamw: sweeping it needs optim.name='adamw'
+    Axis("l2", "train.l2"),
+)
+
+
+def variant_of(config, **values) -> dict:
+  """One variant's hyperparameters: every axis at the config's value unless given, and the seed."""
+  v = {a.name: config[a.section][a.field] for a in SWEEP_AXES}
+  v["seed"] = config.train.seed
+  v.update(values)
+  return v
+
+
+def variant_arrays(variants) -> dict:
+  """The traced hyperparameters of a list of variants: {axis: [V] array, 'seed': [V] int32}."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  out = {a.name: jnp.asarray([a.encode(v[a.name]) for v in variants], a.dtype) for a in SWEEP_AXES}
+  out["seed"] = jnp.asarray([v["seed"] for v in variants], jnp.int32)
+  return out
+
+
+def variant_config(config, variant: dict):
+  """A copy of `config` with one variant's hyperparameters and seed written into their fields: its standalone run."""
+  c = config.copy_and_resolve_references()
+  for a in SWEEP_AXES:
+    c[a.section][a.field] = variant[a.name]
+  c.train.seed = variant["seed"]
+  return c

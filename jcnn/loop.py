@@ -1,0 +1,361 @@
+"""The one training loop, for single runs and sweeps.
+
+    program = single_program(config, ds)          # or sweep.program(...): the same per-model functions, lifted
+    out = run(program, ds, config, ckpt=checkpoint.Checkpoints(dir), writer=writers.Writer(workdir))
+
+A `Program` is four functions of one model or of a stack of V variants (a leading axis on every leaf): init, step,
+evaluate, batches. `run` is the loop over it, top to bottom: restore or init (resume is the default), then per epoch
+the steps (jitted, donated, no host sync between logging points), evaluation on val and test, the epoch row for the
+writers, the divergence check, and a checkpoint. Checkpoints also every `checkpoint.every_steps` steps and on SIGINT /
+SIGTERM, after which the loop stops with `Interrupted`. `train_and_evaluate(config, workdir)` is that loop on a program
+without a variant axis; `jcnn.sweep` builds programs with one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jcnn import checkpoint, config as config_lib, data as data_lib, models, summary, writers
+from jcnn import train as train_lib
+from jcnn.errors import ConfigError, Diverged, Interrupted
+
+
+class RunState(struct.PyTreeNode):
+  """What the loop carries from step to step (and checkpoints). Sweeps: every leaf has a leading axis V."""
+  train: train_lib.TrainState
+  failed_at: jax.Array   # int32: the step count at which the loss or parameters went non-finite; -1 while healthy
+  acc: dict              # train metric sums since the epoch began ({'loss_sum', 'correct', 'count'})
+  log_acc: dict          # `acc` at the last train row (a train row reports acc - log_acc)
+
+
+class ModelFns(NamedTuple):
+  """The per-model functions of a run, no variant axis. `h` holds one variant's hyperparameters as arrays
+  (config.SWEEP_AXES and `seed`); only the axes named in `swept` are read from it, the rest are the config's."""
+  init: Callable      # (h) -> RunState
+  step: Callable      # (rs, h, images, labels, idx [B]) -> rs, one optimizer step on images[idx]
+  evaluate: Callable  # (train_state, h, x, y, idx [steps, B], mask [steps, B]) -> metric sums
+  batches: Callable   # (h, epoch) -> [steps, B] indices: the epoch's shuffled order
+
+
+class Program(NamedTuple):
+  """Functions the loop calls, with the hyperparameters and data bound. `variants` is None for a single run."""
+  init: Callable[[], RunState]
+  step: Callable[[RunState, jax.Array], RunState]         # (rs, epoch batches) -> rs
+  evaluate: Callable[..., dict]                           # (train_state, x, y, idx, mask) -> sums
+  batches: Callable[[int], jax.Array]                     # epoch -> batches
+  variants: Sequence[dict] | None = None
+
+
+def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = ()) -> ModelFns:
+  """The per-model functions for `config` on `ds`. Keys: split(key(seed), 3) = init, data order, dropout; the epoch's
+  order is fold_in(k_data, epoch), a step's dropout key fold_in(k_dropout, step), its augmentation key
+  fold_in(k_dropout, -1 - step)."""
+  tc = config.train
+  n = len(ds.train_y)
+  steps_per_epoch = n // tc.batch_size
+  data_lib.epoch_batches(jax.random.key(0), n, tc.batch_size)  # checks batch <= N
+  tx = train_lib.make_optimizer(config.optim, steps_per_epoch * tc.epochs)
+  axes = [a for a in config_lib.SWEEP_AXES if a.name in swept]
+  sample = ds.train_x[:1]
+
+  def model_for(h):  # swept model fields are traced values; the others keep their static config value
+    return models.get(config.model, num_classes=ds.num_classes,
+                      **{a.field: h[a.name] for a in axes if a.section == "model"})
+
+  def keys_for(h):
+    return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
+
+  def init(h):
+    state = train_lib.init_state(model_for(h), tx, keys_for(h)[0], sample)
+    opt_state = state.opt_state
+    for a in axes:
+      if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state
+        opt_state = train_lib.set_hyperparam(opt_state, a.field, h[a.name])
+    zero = train_lib.zero_metrics()
+    return RunState(train=state.replace(opt_state=opt_state), failed_at=jnp.asarray(-1, jnp.int32), acc=zero,
+                    log_acc=zero)
+
+  def step(rs, h, images, labels, idx):
+    k_dropout = keys_for(h)[2]
+    loss_args = {a.field: h[a.name] if a in axes else config.train[a.field]
+                 for a in config_lib.SWEEP_AXES if a.section == "train"}
+    train_step = train_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=tc.micro_batch, **loss_args)
+    old = rs.train
+    x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - old.step), images[idx], config.data.augment)
+    new, m = train_step(old, x, labels[idx], k_dropout)
+    finite = jnp.isfinite(m["loss_sum"]) & jnp.all(jnp.asarray([jnp.isfinite(p).all()
+                                                                 for p in jax.tree.leaves(new.params)]))
+    ok = finite & (rs.failed_at < 0)
+    # A diverged model keeps its last finite state and stops counting; its step counter still advances, so batch
+    # indices (and a sweep's variants) stay in lockstep.
+    kept = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old).replace(step=new.step)
+    failed_at = jnp.where((rs.failed_at < 0) & ~finite, old.step + 1, rs.failed_at)
+    acc = jax.tree.map(lambda s, v: s + jnp.where(ok, v, 0.0), rs.acc, m)
+    return rs.replace(train=kept, failed_at=failed_at, acc=acc)
+
+  def evaluate(state, h, x, y, idx, mask):
+    eval_step = train_lib.make_eval_step(model_for(h), tc.loss, tc.micro_batch)
+    return train_lib.eval_epoch(eval_step, state, x, y, idx, mask)
+
+  def batches(h, epoch):
+    return data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], epoch), n, tc.batch_size)
+
+  return ModelFns(init, step, evaluate, batches)
+
+
+def single_program(config, ds: data_lib.Dataset) -> Program:
+  """A program without a variant axis: the model and hyperparameters of `config`."""
+  fns = model_fns(config, ds)
+  h = {k: v[0] for k, v in config_lib.variant_arrays([config_lib.variant_of(config)]).items()}
+  init = jax.jit(fns.init)
+  step = jax.jit(lambda rs, h, x, y, b: fns.step(rs, h, x, y, b[rs.train.step % b.shape[0]]), donate_argnums=0)
+  evaluate = jax.jit(fns.evaluate)
+  batches = jax.jit(fns.batches)
+  return Program(init=lambda: init(h), step=lambda rs, b: step(rs, h, ds.train_x, ds.train_y, b),
+                 evaluate=lambda st, *a: evaluate(st, h, *a), batches=lambda e: batches(h, e))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop.
+@contextlib.contextmanager
+def stop_signals():
+  """SIGINT (Ctrl-C) and SIGTERM ask the loop to checkpoint and stop after the current step; a second Ctrl-C quits
+  at once. Yields a dict whose 'signum' is set when asked."""
+  asked = {"signum": 0}
+  if not _main_thread():
+    yield asked
+    return
+
+  def handler(signum, _):
+    asked["signum"] = signum
+    print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit at once)",
+          flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield asked
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def _main_thread() -> bool:
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def _means(sums) -> dict:
+  """Metric sums (scalars or [V]) -> {'loss', 'accuracy'} as floats or lists over variants."""
+  s = jax.device_get(sums)
+  count = np.maximum(np.asarray(s["count"]), 1)
+  out = {"loss": np.asarray(s["loss_sum"]) / count, "accuracy": np.asarray(s["correct"]) / count}
+  return {k: v.tolist() for k, v in out.items()}
+
+
+def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Checkpoints | None = None,
+        writer: writers.Writer | None = None) -> dict:
+  """Trains `program` for config.train.epochs from its newest checkpoint (or from init). Returns {'state' (the
+  TrainState, stacked for sweeps), 'failed_at', 'history' (epoch rows), 'compile_seconds', 'seconds'}.
+  Raises Diverged (single run, loss or parameters non-finite) and Interrupted (SIGINT / SIGTERM, after saving)."""
+  tc = config.train
+  steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
+  V = None if program.variants is None else len(program.variants)
+  writer = writer or writers.Writer(None)
+  zero = lambda: train_lib.zero_metrics(() if V is None else (V,))
+  eval_sets = {split: (x, y, *(jnp.asarray(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size)))
+               for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
+               if x is not None}   # fixed-size batch indices, on the device once for the whole run
+  t_start = time.perf_counter()
+
+  # ---- Restore or init: resuming is the default.
+  rs, meta = checkpoint.restore_or_init(ckpt, program.init)
+  history = list(meta.get("history", []))
+  step = int(np.max(jax.device_get(rs.train.step)))
+  if meta:
+    print(f"resumed from the checkpoint at step {step} (epoch {step // steps_per_epoch} + "
+          f"{step % steps_per_epoch} steps)", flush=True)
+
+  def save():
+    if ckpt is not None:
+      ckpt.save(step, rs, {"history": history, "seed": tc.seed, **_variant_table(program, rs)})
+
+  save()   # step 0 of a new run: a run killed before its first epoch ends still resumes
+
+  # ---- Train.
+  compile_s = None
+  with stop_signals() as stop:
+    for epoch in range(step // steps_per_epoch + 1, epochs + 1):
+      batches = program.batches(epoch)                 # [steps, B] or [V, steps, B]
+      first = step - (epoch - 1) * steps_per_epoch     # > 0 when resuming inside this epoch
+      if first == 0:
+        rs = rs.replace(acc=zero(), log_acc=zero())
+      progress = writers.Progress(steps_per_epoch, f"epoch {epoch}/{epochs}" + (f" ({V} variants)" if V else ""),
+                                  done=first)
+      t_epoch = time.perf_counter()
+      for i in range(first, steps_per_epoch):
+        rs = program.step(rs, batches)
+        step += 1
+        if compile_s is None:
+          jax.block_until_ready(rs.acc)
+          compile_s = time.perf_counter() - t_epoch
+          print(f"compiled the train step in {compile_s:.1f}s (first step included)", flush=True)
+          progress.restart(i + 1)
+        if step % tc.log_every == 0:
+          writer.train({"step": step, "epoch": epoch, **_means(jax.tree.map(jnp.subtract, rs.acc, rs.log_acc))})
+          rs = rs.replace(log_acc=jax.tree.map(jnp.copy, rs.acc))
+          _check_diverged(rs, V, ckpt)
+        progress.update(i + 1, lambda: {k: float(np.mean(v)) for k, v in _means(
+            jax.tree.map(lambda a: a.sum(), rs.acc)).items()})
+        if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+          save()
+        if stop["signum"]:
+          save()
+          if ckpt is not None:
+            ckpt.wait()
+          raise Interrupted(stop["signum"], step, ckpt.directory if ckpt else None)
+      progress.close()
+
+      train_m = _means(rs.acc)
+      row = {"epoch": epoch, "step": step, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"]}
+      for split, args in eval_sets.items():
+        m = _means(program.evaluate(rs.train, *args))
+        row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
+      if V is not None:
+        row["failed_at"] = np.asarray(jax.device_get(rs.failed_at)).tolist()
+      row["epoch_seconds"] = time.perf_counter() - t_epoch
+      _check_diverged(rs, V, ckpt)
+      history.append(row)
+      writer.epoch(row, epochs)
+      save()
+
+  if not history:  # epochs = 0: evaluate the initial model
+    m = _means(program.evaluate(rs.train, *eval_sets["test"]))
+    history.append({"epoch": 0, "step": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
+  if ckpt is not None:
+    ckpt.wait()
+  return {"state": rs.train, "failed_at": np.asarray(jax.device_get(rs.failed_at)), "history": history,
+          "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start}
+
+
+def _check_diverged(rs: RunState, V, ckpt):
+  """One policy: a sweep's diverged variant is masked (it keeps its last finite state); a single run stops."""
+  if V is not None:
+    return
+  failed_at = int(jax.device_get(rs.failed_at))
+  if failed_at >= 0:
+    kept = ckpt.latest_step() if ckpt is not None else None
+    where = f"; its last good checkpoint (step {kept}) is kept in {ckpt.directory}" if kept is not None else ""
+    raise Diverged(f"training diverged: the loss or parameters became NaN/Inf at step {failed_at}{where}; lower "
+                   f"config.optim.learning_rate (or add a schedule) and pass a new --workdir")
+
+
+def _variant_table(program: Program, rs: RunState) -> dict:
+  if program.variants is None:
+    return {}
+  failed_at = np.asarray(jax.device_get(rs.failed_at)).tolist()
+  return {"variants": [{"hparams": v, "failed_at": f} for v, f in zip(program.variants, failed_at)]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Workdirs: new, resumed, or refused.
+def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = None) -> bool:
+  """Checks `workdir` before any data is loaded: True when it holds an unfinished run of the same config (resume),
+  False when it is new (created). Refuses a finished run, a different config, a missing checkpoint folder, a path
+  that is a file, and a folder that cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is a file, not a folder; pass a folder")
+  if os.path.exists(os.path.join(workdir, finished)):
+    raise ConfigError(f"{workdir} already holds a finished run ({finished}); pass a new --workdir")
+  cfg_path = os.path.join(workdir, "config.json")
+  if os.path.exists(cfg_path):
+    try:
+      with open(cfg_path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"{cfg_path} cannot be read ({e}); pass a new --workdir") from None
+    sections = {"config": (config, config_lib.RESUMABLE_CHANGES), **{k: (v, ()) for k, v in (extra or {}).items()}}
+    differ = [f"{name}.{k}" if name != "config" else k for name, (c, allowed) in sections.items()
+              for k in config_lib.diff(saved.get(name, {}), c.to_dict(), allowed)]
+    new = {name: c.to_dict() for name, (c, _) in sections.items()}
+    if differ:
+      path = lambda k: k if k.split(".")[0] in sections else f"config.{k}"
+      shown = ", ".join(f"{k}: {_get(saved, path(k))!r} -> {_get(new, path(k))!r}" for k in differ[:4])
+      raise ConfigError(f"{workdir} holds a run with another config ({shown}{', ...' if len(differ) > 4 else ''}); "
+                        f"rerun with the same config to resume it (raising train.epochs is allowed), or pass a new "
+                        f"--workdir")
+    ckpts = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpts) or not os.listdir(ckpts):
+      raise ConfigError(f"{workdir} holds a run (config.json) but no checkpoint to resume from ({ckpts} is missing "
+                        f"or empty); pass a new --workdir")
+    return True
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"cannot write to --workdir {workdir} ({e.strerror}); pass a folder you can write") from None
+  return False
+
+
+def _get(d: dict, dotted: str):
+  for k in dotted.split("."):
+    if not isinstance(d, dict) or k not in d:
+      return None
+    d = d[k]
+  return d
+
+
+def write_config(workdir: str, config, resumed: bool, extra: dict | None = None):
+  """config.json: the resolved config, the run record (versions, device, commit), and each resume's record."""
+  path = os.path.join(workdir, "config.json")
+  record = writers.run_record()
+  out = {"config": json.loads(config.to_json_best_effort()),
+         **{k: json.loads(v.to_json_best_effort()) for k, v in (extra or {}).items()}, "record": record}
+  if resumed:
+    with open(path) as f:
+      old = json.load(f)
+    out["record"] = old["record"]
+    out["resumed"] = old.get("resumed", []) + [record]
+  writers.write_json(path, out)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains config.model on config.data in `workdir`, resuming from its newest checkpoint if it holds an unfinished
+  run of the same config. Writes config.json, metrics.jsonl, tb/, checkpoints/, results.json and curves.png."""
+  config_lib.check_config(config)
+  resumed = prepare_workdir(workdir, config, "results.json")
+  ds = data_lib.load(config.data, seed=config.train.seed)
+  model = models.get(config.model, num_classes=ds.num_classes)
+  program = single_program(config, ds)
+  print(summary.summary(model, ds.image_shape, input_dtype=ds.train_x.dtype))
+  write_config(workdir, config, resumed)
+  ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
+  writer = writers.Writer(workdir, tensorboard=config.writers.tensorboard, resume_step=ckpt.latest_step() or 0)
+  try:
+    out = run(program, ds, config, ckpt=ckpt, writer=writer)
+  finally:
+    writer.close()
+  history = out["history"]
+  steps_per_epoch = len(ds.train_y) // config.train.batch_size
+  train_s = sum(h.get("epoch_seconds", 0) for h in history)
+  results = {"experiment": config.name, "model": config.model.name, "dataset": config.data.name,
+             "params": summary.count_params(out["state"].params), "epochs": config.train.epochs,
+             "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
+             "train_images_per_second": steps_per_epoch * config.train.batch_size * len(
+                 [h for h in history if "epoch_seconds" in h]) / max(train_s, 1e-9)}
+  writers.write_run(workdir, results)
+  ckpt.close()
+  print(f"results: {os.path.join(workdir, 'results.json')}")
+  return {"results": results, "state": out["state"], "history": history}

@@ -1,0 +1,197 @@
+"""What a run records: the console progress line, metrics.jsonl, TensorBoard event files, and the final files.
+
+The loop calls a `Writer` at the points where it already has metrics on the host (train rows every log_every steps,
+epoch rows), so writing adds no device-to-host copy. For a sweep each metric is a list over variants: metrics.jsonl gets
+one row per variant (with `variant`, its index in variants.jsonl) and TensorBoard one run per variant, named by its
+hyperparameters (`tb/dropout_rate=0.25,seed=1`), so `tensorboard --logdir runs` overlays their curves.
+TensorBoard files are written with tensorboardX (no TensorFlow needed to write them).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+SCALARS = ("loss", "accuracy")
+
+
+def run_record() -> dict:
+  """Versions, device and git commit: what a reader needs to reproduce a result."""
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__, "python": sys.version.split()[0],
+          "platform": platform.platform(), "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+          "git_commit": commit or "unknown", "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+class Progress:
+  """Prints a progress line (steps/s, ETA, current metrics) about every `every` seconds."""
+
+  def __init__(self, total: int, prefix: str, every: float = 2.0, done: int = 0):
+    self.total, self.prefix, self.every = total, prefix, every
+    self.t0 = self.last = time.perf_counter()
+    self.offset = done   # steps done before t0 (resumed, or the compiling step), left out of the rate
+    self.tty = sys.stdout.isatty()
+
+  def restart(self, done: int):
+    """Count the rate from now, with `done` steps already behind (after the compiling step)."""
+    self.t0 = self.last = time.perf_counter()
+    self.offset = done
+
+  def update(self, done: int, metrics: Callable[[], dict], force: bool = False):
+    now = time.perf_counter()
+    if not force and now - self.last < self.every:
+      return None
+    m = metrics()                 # waits for the steps dispatched so far: the rate counts finished steps
+    now = self.last = time.perf_counter()
+    rate = (done - self.offset) / max(now - self.t0, 1e-9)
+    eta = (self.total - done) / max(rate, 1e-9)
+    line = (f"{self.prefix} {done}/{self.total} steps | {rate:.1f} steps/s | ETA {eta:.0f}s | "
+            f"loss {m['loss']:.4f} acc {m['accuracy']:.4f}")
+    print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+    return m
+
+  def close(self):
+    if self.tty:
+      print(flush=True)
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def variant_name(hparams: dict, keys: Sequence[str]) -> str:
+  """'dropout_rate=0.25,seed=1': a TensorBoard run name (and folder) for one variant."""
+  return ",".join(f"{k}={hparams[k]}" for k in list(keys) + ["seed"] if k in hparams).replace("/", "_") or "run"
+
+
+class Writer:
+  """metrics.jsonl + TensorBoard + console lines for one training program.
+
+  workdir None: console only. `variants` (sweeps): the TensorBoard run name and the global index of each row of the
+  variant axis. `resume_step`: rows after it are dropped from metrics.jsonl and TensorBoard (they are recomputed).
+  """
+
+  def __init__(self, workdir: str | None, *, variants: Sequence[tuple[str, int]] | None = None,
+               tensorboard: bool = True, resume_step: int = 0, program: int | None = None):
+    self.workdir, self.variants, self.program = workdir, variants, program
+    self.log = self.tb = None
+    if workdir is None:
+      return
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step or os.path.exists(path):
+      keep = [r for r in read_jsonl(path) if r.get("program") != program or r["step"] <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+    self.log = open(path, "a")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      purge = {"purge_step": resume_step + 1} if resume_step else {}   # TensorBoard drops the recomputed steps
+      names = [name for name, _ in variants] if variants else [""]
+      self.tb = [SummaryWriter(os.path.join(workdir, "tb", n), flush_secs=10, **purge) for n in names]
+
+  def _rows(self, row: dict) -> list[dict]:
+    """One row per variant: list values split, scalars kept."""
+    if not self.variants:
+      return [row]
+    return [{**{k: (v[j] if isinstance(v, list) else v) for k, v in row.items()}, "variant": index}
+            for j, (_, index) in enumerate(self.variants)]
+
+  def _write(self, row: dict, scalars: dict[str, str]):
+    if self.log is None:
+      return
+    for j, r in enumerate(self._rows(row)):
+      r = dict(r, program=self.program) if self.program is not None else r
+      self.log.write(json.dumps(r) + "\n")
+      if self.tb:
+        for key, tag in scalars.items():
+          if key in r and r[key] is not None and np.isfinite(r[key]):
+            self.tb[j].add_scalar(tag, r[key], r["step"])
+    self.log.flush()
+
+  def train(self, row: dict):
+    """{'step', 'epoch', 'loss', 'accuracy'} since the last train row (lists over variants in a sweep)."""
+    self._write(dict(row, kind="train"), {"loss": "train/loss", "accuracy": "train/accuracy"})
+
+  def epoch(self, row: dict, epochs: int):
+    """{'epoch', 'step', 'train_loss', ..., 'val_*', 'test_*', 'epoch_seconds'}: file rows and the console line."""
+    self._write(dict(row, kind="epoch"), {f"{s}_{m}": f"{s}/{m}" for s in ("train", "val", "test") for m in SCALARS
+                                          if s != "train"} | {"train_loss": "epoch/train_loss",
+                                                              "train_accuracy": "epoch/train_accuracy"})
+    print(epoch_line(row, epochs), flush=True)
+
+  def close(self):
+    if self.log:
+      self.log.close()
+    for w in self.tb or ():
+      w.close()
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+  """The console line of an epoch: the run's numbers, or a sweep's mean (min-max) over its healthy variants."""
+  def fmt(key):
+    v = row[key]
+    if not isinstance(v, list):
+      return f"{v:.4f}"
+    ok = [x for x, f in zip(v, row.get("failed_at", [-1] * len(v))) if f < 0] or [float("nan")]
+    return f"{np.mean(ok):.4f} ({min(ok):.4f}-{max(ok):.4f})"
+  parts = [f"train loss {fmt('train_loss')} acc {fmt('train_accuracy')}"]
+  parts += [f"{s} acc {fmt(f'{s}_accuracy')}" for s in ("val", "test") if f"{s}_accuracy" in row]
+  failed = sum(f >= 0 for f in row["failed_at"]) if isinstance(row.get("failed_at"), list) else 0
+  return (f"epoch {row['epoch']}/{epochs}: " + " | ".join(parts) + (f" | {failed} failed" if failed else "") +
+          f" | {row['epoch_seconds']:.1f}s")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Final files.
+def write_json(path: str, obj: Any):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=float)
+  os.replace(tmp, path)
+
+
+def write_run(workdir: str, results: dict):
+  """results.json and curves.png of a single run (results.json last: it marks the run finished)."""
+  try:
+    from jcnn import viz  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
+    viz.plot_learning_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+  except ImportError:
+    pass
+  write_json(os.path.join(workdir, "results.json"), results)
+
+
+def write_sweep(workdir: str, results: list[dict], rows: list[dict], table: str, keys: Sequence[str]):
+  """variants.jsonl, summary.{md,csv,json} (summary.json last: it marks the sweep finished) and PNG plots."""
+  with open(os.path.join(workdir, "variants.jsonl"), "w") as f:
+    for r in results:
+      f.write(json.dumps({k: r[k] for k in ("hparams", "failed", "failed_at", "final", "curves", "compile_seconds")},
+                         default=float) + "\n")
+  with open(os.path.join(workdir, "summary.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  try:
+    from jcnn import viz  # pylint: disable=g-import-not-at-top
+    viz.plot_sweep(results, rows, keys, workdir)
+  except ImportError:
+    pass
+  write_json(os.path.join(workdir, "summary.json"), rows)

@@ -55,8 +55,10 @@ class Checkpoints:
     self.directory = os.path.abspath(directory)
     self.last_saved = None
     try:
-      self._mngr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+      self._mngr = ocp.CheckpointManager(
+          self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                               cleanup_tmp_directories=True),
+          item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"cannot open checkpoint folder {self.directory}: {_first_line(e)}; check the path and "
                             f"its permissions, or pass a new --workdir") from None
@@ -104,26 +106,26 @@ class Checkpoints:
     where = os.path.join(self.directory, str(step))
     fix = f"delete {where} to resume from an earlier checkpoint, or pass a new --workdir"
     try:
-      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or not a jcnn "
-                            f"checkpoint; {fix}") from None
-    if not isinstance(meta, dict) or meta.get("jcnn") != FORMAT:
-      raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
-    try:
       saved = self._mngr.item_metadata(step)["state"]
       saved = getattr(saved, "tree", saved)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated; {fix}") from None
+      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or not a jcnn "
+                            f"checkpoint; {fix}") from None
+    if not saved:
+      raise CheckpointError(f"{where} is not a jcnn checkpoint (it has no state item); {fix}")
     mismatch = first_shape_mismatch(saved, abstract_state)
     if mismatch:
       raise CheckpointError(f"checkpoint {where} is of a different model or config: {mismatch}; pass a new --workdir "
                             f"for this config")
     try:
-      state = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      state = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                               meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or damaged; "
                             f"{fix}") from None
+    meta = state["meta"]
+    if not isinstance(meta, dict) or meta.get("jcnn") != FORMAT:
+      raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
     return state["state"], meta
 
   def close(self):
@@ -141,12 +143,15 @@ def _leaves(tree) -> dict[str, Any]:
   out = {}
 
   def walk(t, prefix):
+    if hasattr(t, "shape") and hasattr(t, "dtype"):   # an array, an abstract array, or orbax's ArrayMetadata
+      out[prefix[:-1]] = t
+      return
     if hasattr(t, "__dataclass_fields__"):
       t = {k: getattr(t, k) for k in t.__dataclass_fields__}
     if isinstance(t, dict):
       for k, v in t.items():
         walk(v, f"{prefix}{k}/")
-    elif isinstance(t, (list, tuple)) and not hasattr(t, "shape"):
+    elif isinstance(t, (list, tuple)):
       items = t._asdict().items() if hasattr(t, "_asdict") else enumerate(t)
       for k, v in items:
         walk(v, f"{prefix}{k}/")

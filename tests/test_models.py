@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jcnn import config as config_lib
 from jcnn import models, summary, train
 from jcnn.errors import DataError
 
@@ -132,7 +133,7 @@ EXPERIMENTS = {"lenet5_mnist": (32, 32, 1), "lenet5_fashion": (32, 32, 1), "resn
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_experiment_config_builds_its_model(name):
   config = importlib.import_module(f"experiments.{name}").get_config()
-  train.check_config(config)
+  config_lib.check_config(config)
   model = models.get(config.model, num_classes=10)
   dtype = jnp.int32 if name.startswith("textcnn") else jnp.float32
   _, out = abstract_init(model, EXPERIMENTS[name], dtype)

@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT
 
 from jcnn import data as data_lib
-from jcnn import blocks, layers, train
+from jcnn import blocks, layers, loop, train, writers
+from jcnn import config as config_lib
 from jcnn.errors import ConfigError
 from jcnn.models.convnet import ConvNet
 
@@ -316,7 +317,7 @@ def test_evaluate_counts_every_example(batch_size):
 def test_progress_rate_counts_finished_steps(capsys):
   import re  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top
-  p = train.Progress(100, "epoch 1/1", every=0.05)
+  p = writers.Progress(100, "epoch 1/1", every=0.05)
   p.t0 = p.last = time.perf_counter() - 0.1
 
   def metrics():  # like device_get: waits 0.2 s for the dispatched steps to finish
@@ -348,8 +349,8 @@ def test_check_config_rejects():
     section, key = path.split(".")
     c[section][key] = value
     with pytest.raises(ConfigError, match=msg):
-      train.check_config(c)
-  train.check_config(fashion_convnet.get_config())
+      config_lib.check_config(c)
+  config_lib.check_config(fashion_convnet.get_config())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,7 +402,7 @@ def test_experiment_one_step(name, tmp_path):
       assert json.load(f)
     assert out["results"]
     return
-  out = train.train_and_evaluate(c, workdir)
+  out = loop.train_and_evaluate(c, workdir)
   for f in ("config.json", "metrics.jsonl", "results.json"):
     assert os.path.exists(os.path.join(workdir, f)), f
   with open(os.path.join(workdir, "results.json")) as f:
@@ -410,10 +411,10 @@ def test_experiment_one_step(name, tmp_path):
     assert json.load(f)["config"]["name"] == name
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  assert [r["kind"] for r in rows] == ["epoch"] and rows[0]["step"] == 1     # one step; log_every 1, but the
-  assert results["experiment"] == name and results["epochs"] == 1            # compiling step is not logged
+  assert [r["kind"] for r in rows] == ["train", "epoch"] and rows[1]["step"] == 1     # one step; log_every 1
+  assert results["experiment"] == name and results["epochs"] == 1
   assert results["final"]["step"] == 1 and 0.0 <= results["final"]["test_accuracy"] <= 1.0
   assert math.isfinite(results["final"]["test_loss"]) and results["params"] == out["results"]["params"] > 0
   assert int(out["state"].step) == 1
   with pytest.raises(ConfigError, match="already holds a finished run"):
-    train.train_and_evaluate(c, workdir)
+    loop.train_and_evaluate(c, workdir)

@@ -87,6 +87,10 @@ class Checkpoints:
       self._failed(self.last_saved, e)
 
   def _failed(self, step, e):
+    try:
+      self._mngr.wait_until_finished()   # an earlier save still in flight lands first
+    except Exception:  # pylint: disable=broad-except
+      pass
     previous = [s for s in self._mngr.all_steps() if s != step]
     kept = f"the previous checkpoint (step {max(previous)}) is kept" if previous else "no earlier checkpoint exists"
     if _is_disk_full(e):
@@ -127,6 +131,14 @@ class Checkpoints:
     if not isinstance(meta, dict) or meta.get("jcnn") != FORMAT:
       raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
     return state["state"], meta
+
+  def meta(self, step: int | None = None) -> dict:
+    """The JSON meta of a step (default: the newest): its epoch rows, seed, and a sweep's variant table."""
+    ocp = _ocp()
+    step = self._mngr.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"{self.directory} holds no checkpoint; train a run first")
+    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def close(self):
     self.wait()

@@ -253,6 +253,8 @@ def _check_diverged(rs: RunState, V, ckpt):
     return
   failed_at = int(jax.device_get(rs.failed_at))
   if failed_at >= 0:
+    if ckpt is not None:
+      ckpt.wait()
     kept = ckpt.latest_step() if ckpt is not None else None
     where = f"; its last good checkpoint (step {kept}) is kept in {ckpt.directory}" if kept is not None else ""
     raise Diverged(f"training diverged: the loss or parameters became NaN/Inf at step {failed_at}{where}; lower "
@@ -347,6 +349,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     out = run(program, ds, config, ckpt=ckpt, writer=writer)
   finally:
     writer.close()
+    ckpt.close()   # a save in flight lands (also when the run stopped)
   history = out["history"]
   steps_per_epoch = len(ds.train_y) // config.train.batch_size
   train_s = sum(h.get("epoch_seconds", 0) for h in history)
@@ -356,6 +359,5 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "train_images_per_second": steps_per_epoch * config.train.batch_size * len(
                  [h for h in history if "epoch_seconds" in h]) / max(train_s, 1e-9)}
   writers.write_run(workdir, results)
-  ckpt.close()
   print(f"results: {os.path.join(workdir, 'results.json')}")
   return {"results": results, "state": out["state"], "history": history}

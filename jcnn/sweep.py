@@ -239,8 +239,8 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
     finally:
       if writer is not None:
         writer.close()
-    if ckpt is not None:
-      ckpt.close()
+      if ckpt is not None:
+        ckpt.close()   # a save in flight lands (also when the run stopped)
     for j, v in enumerate(part):
       curves = [{key: (val[j] if isinstance(val, list) else val) for key, val in row.items()}
                 for row in res["history"]]

@@ -202,7 +202,7 @@ def check_value(path: str, value) -> str | None:
   if f is None or f.check is None:
     return None
   problem = f.check(value)
-  return f"config.{path}={value!r}: {problem}" if problem else None
+  return f"config.{path}={value!r}: {problem} ({f.doc})" if problem else None
 
 
 def check_config(config) -> None:

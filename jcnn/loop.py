@@ -300,14 +300,12 @@ def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = No
       raise ConfigError(f"{workdir} holds a run (config.json) but no checkpoint to resume from ({ckpts} is missing "
                         f"or empty); pass a new --workdir")
     return True
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"cannot write to --workdir {workdir} ({e.strerror}); pass a folder you can write") from None
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):   # nothing is created yet: a run that cannot start leaves no folder behind
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f"cannot write to --workdir {workdir} ({existing} is not a writable folder); pass a folder you "
+                      f"can write")
   return False
 
 
@@ -321,6 +319,7 @@ def _get(d: dict, dotted: str):
 
 def write_config(workdir: str, config, resumed: bool, extra: dict | None = None):
   """config.json: the resolved config, the run record (versions, device, commit), and each resume's record."""
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   record = writers.run_record()
   out = {"config": json.loads(config.to_json_best_effort()),
@@ -341,6 +340,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ds = data_lib.load(config.data, seed=config.train.seed)
   model = models.get(config.model, num_classes=ds.num_classes)
   program = single_program(config, ds)
+  jax.eval_shape(program.init)   # a model that cannot take the data's shape says so (ShapeError) before any file
   print(summary.summary(model, ds.image_shape, input_dtype=ds.train_x.dtype))
   write_config(workdir, config, resumed)
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)

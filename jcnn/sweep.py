@@ -312,6 +312,8 @@ def run_sweep(config, sweep, workdir: str) -> dict:
   keys = (["group"] if groups != [""] else []) + swept
   resumed = loop.prepare_workdir(workdir, config, "summary.json", extra={"sweep": sweep})
   ds = data_lib.load(config.data, seed=config.train.seed)
+  for c in configs:
+    jax.eval_shape(loop.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot take the data
   loop.write_config(workdir, config, resumed, extra={"sweep": sweep})
   plan_path = os.path.join(workdir, "checkpoints", "plan.json")   # variants per program, kept for resuming
   plan = json.load(open(plan_path)) if resumed and os.path.exists(plan_path) else {}

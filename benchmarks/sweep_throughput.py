@@ -3,9 +3,9 @@
   python benchmarks/sweep_throughput.py                      # V = 1 2 4 8 16, batch 64, strategies vmap and map
   python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=/tmp/sweep.json
 
-"Sequential" is the single-model step of train.train_and_evaluate (jitted, donated, batch gathered on the device); V
-models trained one after another run at its model-images/s. "Sweep" is jcnn.sweep's compiled group step (dropout rate
-and seed vary per variant). Windows alternate between the two in one process; each number is the median over windows;
+"Sequential" is the single-model step of the one loop (`loop.single_program`, what `loop.run` calls per step: jitted,
+donated, batch gathered on the device); V models trained one after another run at its model-images/s. "Sweep" is
+jcnn.sweep's compiled group step (`sweep.program`; dropout rate and seed vary per variant). Windows alternate between the two in one process; each number is the median over windows;
 compile time (first call) is reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
 """
 import argparse
@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import fashion_convnet  # noqa: E402
-from jcnn import data as data_lib, models, sweep, train  # noqa: E402
+from jcnn import data as data_lib, loop, sweep  # noqa: E402
 
 
 def timed(fn, steps):
@@ -52,26 +52,18 @@ def main():
   config.model.dropout_rate = 0.25   # both sides draw dropout masks: the sweep's rate is traced, the baseline's a float
   ds = data_lib.load(config.data)
 
-  # Sequential baseline: exactly train_and_evaluate's step.
-  model = models.get(config.model, num_classes=10)
-  tx = train.make_optimizer(config.optim)
-  step_fn = train.make_train_step(model, tx)
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def single(state, batches, rng):
-    idx = batches[state.step % batches.shape[0]]
-    return step_fn(state, ds.train_x[idx], ds.train_y[idx], rng)[0]
-
-  batches1 = data_lib.epoch_batches(jax.random.key(0), len(ds.train_y), args.batch)
-  st = [train.init_state(model, tx, jax.random.key(0), ds.train_x[:1])]
+  # Sequential baseline: exactly the loop's single-run step.
+  single = loop.single_program(config, ds)
+  batches1 = single.batches(1)
+  st = [single.init()]
   t = time.perf_counter()
-  st[0] = single(st[0], batches1, jax.random.key(1))
+  st[0] = single.step(st[0], batches1)
   jax.block_until_ready(st[0])
   single_compile = time.perf_counter() - t
 
   def run_single():
-    st[0] = single(st[0], batches1, jax.random.key(1))
-    return st[0].step
+    st[0] = single.step(st[0], batches1)
+    return st[0].acc
 
   print(f"backend {jax.default_backend()}, batch {args.batch}; single-model compile {single_compile:.1f}s", flush=True)
   rows = []
@@ -80,20 +72,18 @@ def main():
     sw.seeds = V
     sw.dropout_rate = (0.25,)
     variants = sweep.variants_of(config, sw)
-    hp = sweep.variant_arrays(variants)
     progs = {}
     for strategy in args.strategies.split(","):
-      fns = sweep.make_group_fns(config, ds, ["dropout_rate"], strategy)
+      prog = sweep.program(sweep.make_group_fns(config, ds, ["dropout_rate"], strategy), ds, variants)
       t = time.perf_counter()
-      carry = [fns.init(hp), jnp.zeros((V,), bool), {k: jnp.zeros((V,)) for k in ("loss_sum", "correct", "count")}]
-      b = fns.batches(hp, 1)
-      carry = list(fns.step(*carry, hp, b))
+      b = prog.batches(1)
+      carry = [prog.step(prog.init(), b)]
       jax.block_until_ready(carry)
       compile_s = time.perf_counter() - t
 
-      def run(fns=fns, carry=carry, b=b):
-        carry[:] = fns.step(*carry, hp, b)
-        return carry[2]
+      def run(prog=prog, carry=carry, b=b):
+        carry[0] = prog.step(carry[0], b)
+        return carry[0].acc
 
       progs[strategy] = (run, compile_s)
     steps = max(1, args.model_images // (args.batch * V))

@@ -4,8 +4,9 @@
   python benchmarks/throughput.py --quick               # convnet b64 only, 5 short windows
   python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=/tmp/throughput.json
 
-jcnn runs its real path: `make_optimizer` + `make_train_step`, jitted with the state donated, each batch gathered on
-the device from device-resident arrays (as `train_and_evaluate` does); evaluation runs `make_eval_step`. PyTorch runs
+jcnn runs its real path: the one loop's program step (`loop.single_program`: `make_train_step` inside the per-model
+step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident
+arrays, exactly what `loop.run` calls per step); evaluation runs `make_eval_step`. PyTorch runs
 the same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch').
 Both warm up, then windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians
 over windows and the median of the per-window ratios (the machine is shared and noisy: ratios from one window are
@@ -18,7 +19,6 @@ measured in the same windows.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jcnn import models, summary, train  # noqa: E402
+from jcnn import config as config_lib, data as data_lib, loop, models, summary, train, writers  # noqa: E402
 
 CASES = {  # name -> (model config, input shape [H, W, C], optimizer config)
     "convnet": ({"name": "convnet"}, (28, 28, 1), {"name": "rmsprop", "learning_rate": 1e-3}),
@@ -107,47 +107,44 @@ def torch_optimizer(cfg, params):
 # ----------------------------------------------------------------------------------------------------------------
 def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int = 0):
   model_cfg, shape, optim_cfg = CASES[name]
-  model = models.get(model_cfg)
-  tx = train.make_optimizer(optim_cfg)
-  state = train.init_state(model, tx, jax.random.key(0), images[:1])
-  train_step = train.make_train_step(model, tx, micro_batch=micro_batch)
+  config = config_lib.base_config()
+  config.model.update(model_cfg)
+  config.optim.update(optim_cfg)
+  config.train.batch_size, config.train.micro_batch = batch, micro_batch
+  ds = data_lib.Dataset(name, images, labels, images[:batch], labels[:batch], None, None, 10, {})
+  program = loop.single_program(config, ds)              # the step loop.run calls
+  model = models.get(config.model, num_classes=10)
   eval_step = train.make_eval_step(model, micro_batch=micro_batch)
-  rng = jax.random.key(1)
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def run_step(state, acc, images, labels, batches, rng):    # as train_and_evaluate's run_step
-    idx = batches[state.step % batches.shape[0]]            # [B] indices, gathered on the device
-    state, m = train_step(state, images[idx], labels[idx], rng)
-    return state, jax.tree.map(jnp.add, acc, m)
 
   @jax.jit
   def run_eval(state, images, labels, batches, i):
     idx = batches[i % batches.shape[0]]
     return eval_step(state, images[idx], labels[idx], jnp.ones((batch,), bool))
 
-  zero = {"loss_sum": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+  box = {"rs": program.init(), "i": 0}
   t0 = time.perf_counter()
-  run_step = run_step.lower(state, zero, images, labels, batches, rng).compile()
+  box["rs"] = program.step(box["rs"], batches)         # compiles (one step included)
+  jax.block_until_ready(box["rs"].acc)
   compile_train = time.perf_counter() - t0
   t0 = time.perf_counter()
-  run_eval = run_eval.lower(state, images, labels, batches, 0).compile()
+  run_eval = run_eval.lower(box["rs"].train, images, labels, batches, 0).compile()
   compile_eval = time.perf_counter() - t0
-  box = {"state": state, "acc": zero, "i": 0}
+  state = box["rs"].train
 
   def train_n(n):
     for _ in range(n):
-      box["state"], box["acc"] = run_step(box["state"], box["acc"], images, labels, batches, rng)
-    jax.block_until_ready(box["acc"])
+      box["rs"] = program.step(box["rs"], batches)
+    jax.block_until_ready(box["rs"].acc)
 
   def eval_n(n):
     out = None
     for _ in range(n):
       box["i"] += 1
-      out = run_eval(box["state"], images, labels, batches, box["i"])
+      out = run_eval(box["rs"].train, images, labels, batches, box["i"])
     jax.block_until_ready(out)
 
   flops = summary.flops_per_example(model, shape)
-  params = summary.count_params(box["state"].params)
+  params = summary.count_params(state.params)
   return train_n, eval_n, {"train_chunk": train.micro_batch_size(batch, micro_batch, bool(state.batch_stats)),
                            "compile_train_s": compile_train, "compile_eval_s": compile_eval,
                            "forward_flops_per_image": flops, "params": params}
@@ -304,7 +301,7 @@ def main(argv=None):
     print(f"float32 matmul 2048^3: {np.median([r['matmul_gflops'] for r in rows]):.1f} GFLOP/s (median over windows)")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "skipped": skipped, "record": train.run_record(), "torch_threads": torch_threads,
+      json.dump({"rows": rows, "skipped": skipped, "record": writers.run_record(), "torch_threads": torch_threads,
                  "windows": windows, "window_s": window_s}, f, indent=2)
     print(f"wrote {args.out}")
 

@@ -1,22 +1,36 @@
-"""The only entry point: python launch.py --experiment=NAME [--config.a.b=value ...] [--workdir=DIR] | --list
+"""The only entry point: python launch.py --experiment=NAME [--config.a.b=value ...] [--sweep.a=value ...]
+                                         [--workdir=DIR] | --list
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
-ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field. The same
-command with the same --workdir resumes an unfinished run from its newest checkpoint.
+ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field; every value is
+checked against its row in jcnn/config.py. The same command with the same --workdir resumes an unfinished run from its
+newest checkpoint.
 
-Exit status: 0 done; 2 bad input (one `error:` line naming the fix); 3 training diverged; 130 / 143 stopped by
-SIGINT / SIGTERM after saving a checkpoint.
+Exit status: 0 done; 2 bad input (one `error:` line naming the fix; nothing already written is touched); 3 training
+diverged; 1 a bug in jcnn (one line naming the file that holds the traceback); 130 / 143 stopped by SIGINT / SIGTERM
+after saving a checkpoint.
 """
+import difflib
 import importlib
 import os
 import sys
+import tempfile
 import time
+import traceback
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+
+
+class Exit(Exception):
+  """Ends `run` with a status, after printing its line."""
+
+  def __init__(self, code: int):
+    super().__init__(code)
+    self.code = code
 
 
 def experiments() -> list[str]:
@@ -24,13 +38,12 @@ def experiments() -> list[str]:
 
 
 def fail(msg: str, code: int = 2):
-  print(f"error: {msg}", file=sys.stderr)
-  sys.exit(code)
+  print(f"error: {msg}", file=sys.stderr, flush=True)
+  raise Exit(code)
 
 
 def check_overrides(argv, name, config):
   """Every --NAME.a.b=... must name an existing key; say which one is wrong and what it might have meant."""
-  import difflib  # pylint: disable=g-import-not-at-top
   keys = []
 
   def walk(c, prefix):
@@ -45,8 +58,9 @@ def check_overrides(argv, name, config):
       key = a[len(name) + 3:].split("=", 1)[0]
       if key not in keys:
         near = difflib.get_close_matches(key, keys, n=1)
-        fail(f"unknown config key --{name}.{key}" + (f"; did you mean --{name}.{near[0]}?" if near else "") +
-             f" (keys and their meaning: jcnn/config.py)")
+        where = "jcnn/config.py" if name == "config" else "jcnn/sweep.py (default_sweep)"
+        fail(f"unknown {name} key --{name}.{key}" + (f"; did you mean --{name}.{near[0]}?" if near else "") +
+             f" (keys and their meaning: {where})")
 
 
 def _argv_value(argv, name):
@@ -58,62 +72,105 @@ def _argv_value(argv, name):
   return None
 
 
-flags.DEFINE_string("experiment", None, "experiment name: a file experiments/NAME.py (see --list)")
-flags.DEFINE_string("workdir", None, "where results go (default runs/NAME/TIMESTAMP)")
-flags.DEFINE_bool("list", False, "list the experiments with their descriptions")
-EXPERIMENT = _argv_value(sys.argv, "experiment")
-if EXPERIMENT is not None:
-  if EXPERIMENT not in experiments():
-    fail(f"unknown experiment {EXPERIMENT!r}; known: {', '.join(experiments())} (python launch.py --list)")
-  _module = importlib.import_module(f"experiments.{EXPERIMENT}")
-  _config = _module.get_config()
-  check_overrides(sys.argv, "config", _config)
-  config_flags.DEFINE_config_dict("config", _config, "the experiment's config", lock_config=True)
-  if hasattr(_module, "get_sweep"):
-    _sweep = _module.get_sweep()
-    check_overrides(sys.argv, "sweep", _sweep)
-    config_flags.DEFINE_config_dict("sweep", _sweep, "the sweep grid", lock_config=True)
-
-
-def parse_flags(argv):
+def parse(argv):
+  """Fresh flags for one command line: (FlagValues, experiment name or None)."""
+  saved_argv, sys.argv = sys.argv, list(argv)   # config_flags registers the --config.* overrides it finds in sys.argv
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:   # unknown config key, wrong value type, unknown flag: one line, naming the flag
-    fail(f"{str(e).splitlines()[0]} (check the spelling against experiments/{EXPERIMENT or 'NAME'}.py)")
+    return _parse(argv)
+  finally:
+    sys.argv = saved_argv
 
 
-def main(argv):
-  del argv
-  from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top  (after flags: keeps --list fast)
-  FLAGS = flags.FLAGS
+def _parse(argv):
+  fv = flags.FlagValues()
+  flags.DEFINE_string("experiment", None, "experiment name: a file experiments/NAME.py (see --list)", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "where results go (default runs/NAME/TIMESTAMP); an unfinished run there "
+                      "resumes", flag_values=fv)
+  flags.DEFINE_bool("list", False, "list the experiments with their descriptions", flag_values=fv)
+  experiment = _argv_value(argv, "experiment")
+  if experiment is not None:
+    if experiment not in experiments():
+      fail(f"unknown experiment {experiment!r}; known: {', '.join(experiments())} (python launch.py --list)")
+    module = importlib.import_module(f"experiments.{experiment}")
+    config = module.get_config()
+    check_overrides(argv, "config", config)
+    config_flags.DEFINE_config_dict("config", config, "the experiment's config", flag_values=fv, lock_config=True)
+    if hasattr(module, "get_sweep"):
+      sweep = module.get_sweep()
+      check_overrides(argv, "sweep", sweep)
+      config_flags.DEFINE_config_dict("sweep", sweep, "the sweep grid", flag_values=fv, lock_config=True)
+    elif any(a.startswith("--sweep.") for a in argv):
+      fail(f"--sweep.* flags need a sweep experiment; {experiment} has no get_sweep() (try ablation_dropout)")
+  try:
+    fv(argv)
+  except flags.Error as e:   # wrong value type, unknown flag: one line, naming the flag
+    fail(f"{str(e).strip().splitlines()[0]} (check the spelling against jcnn/config.py)")
+  return fv, experiment
+
+
+def run(argv) -> int:
+  """One command line (argv[0] is the program name) -> exit status. Prints what the user sees."""
   logging.set_verbosity(logging.ERROR)   # jax's backend probing and TFDS's cache notes are not the run's output
-  if FLAGS.list or EXPERIMENT is None:
-    for name in experiments():
-      print(f"{name:<24} {importlib.import_module(f'experiments.{name}').get_config().get('description', '')}")
-    if EXPERIMENT is None and not FLAGS.list:
-      fail("no experiment given: python launch.py --experiment=NAME (one of the above)")
-    return
-  from jcnn.errors import Interrupted  # pylint: disable=g-import-not-at-top
-  workdir = FLAGS.workdir or os.path.join("runs", EXPERIMENT, time.strftime("%Y%m%d-%H%M%S"))
+  workdir = None
   try:
-    if "sweep" in FLAGS:
-      from jcnn import sweep  # pylint: disable=g-import-not-at-top
-      sweep.run_sweep(FLAGS.config, FLAGS.sweep, workdir)
-    else:
-      from jcnn import loop  # pylint: disable=g-import-not-at-top
-      loop.train_and_evaluate(FLAGS.config, workdir)
-  except UserError as e:
-    fail(str(e), e.exit_code)
-  except Interrupted as e:
-    args = sys.argv[1:]
-    again = [a for i, a in enumerate(args) if not a.startswith("--workdir=") and a != "--workdir" and
-             (i == 0 or args[i - 1] != "--workdir")] + [f"--workdir={workdir}"]
-    print(f"stopped: {e}; resume with: python launch.py {' '.join(again)}", file=sys.stderr)
-    sys.exit(e.exit_code)
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+      print(__doc__)
+      return 0
+    fv, experiment = parse(argv)
+    if fv.list or experiment is None:
+      for name in experiments():
+        print(f"{name:<24} {importlib.import_module(f'experiments.{name}').get_config().get('description', '')}")
+      if experiment is None and not fv.list:
+        fail("no experiment given: python launch.py --experiment=NAME (one of the above)")
+      return 0
+    from jcnn.errors import Interrupted, UserError  # pylint: disable=g-import-not-at-top  (keeps --list fast)
+    workdir = fv.workdir or os.path.join("runs", experiment, time.strftime("%Y%m%d-%H%M%S"))
+    try:
+      if "sweep" in fv:
+        from jcnn import sweep  # pylint: disable=g-import-not-at-top
+        sweep.run_sweep(fv.config, fv.sweep, workdir)
+      else:
+        from jcnn import loop  # pylint: disable=g-import-not-at-top
+        loop.train_and_evaluate(fv.config, workdir)
+    except UserError as e:
+      fail(str(e), e.exit_code)
+    except Interrupted as e:
+      args = argv[1:]
+      again = [a for i, a in enumerate(args) if not a.startswith("--workdir=") and a != "--workdir" and
+               (i == 0 or args[i - 1] != "--workdir")] + [f"--workdir={workdir}"]
+      print(f"stopped: {e}; resume with: python launch.py {' '.join(again)}", file=sys.stderr, flush=True)
+      return e.exit_code
+    return 0
+  except Exit as e:
+    return e.code
   except KeyboardInterrupt:
-    print(f"stopped before training began; nothing to resume in {workdir}", file=sys.stderr)
-    sys.exit(130)
+    print("stopped before training began (nothing to resume)", file=sys.stderr, flush=True)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except  (a bug in jcnn: one line, the traceback kept in a file)
+    return report_bug(e, workdir)
+
+
+def report_bug(e: BaseException, workdir) -> int:
+  """An exception nobody anticipated: its traceback goes to a file (the workdir's, or the temp folder's), the terminal
+  gets one line naming it."""
+  text = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+  path = None
+  if workdir and os.path.isdir(workdir):
+    path = os.path.join(workdir, "traceback.txt")
+  try:
+    if path is None:
+      fd, path = tempfile.mkstemp(prefix="jcnn-traceback-", suffix=".txt")
+      os.close(fd)
+    with open(path, "w") as f:
+      f.write(" ".join(sys.argv) + "\n\n" + text)
+  except OSError:
+    print(text, file=sys.stderr)   # never hide it: no file could be written
+    path = "(printed above)"
+  first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+  print(f"error: jcnn hit a bug ({type(e).__name__}: {first}); the full traceback is in {path}; please report it",
+        file=sys.stderr, flush=True)
+  return 1
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  sys.exit(run(sys.argv))

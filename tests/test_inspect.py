@@ -216,3 +216,24 @@ def test_gradient_flow_experiment_config():
   c = gradient_flow.get_config()
   assert c.name == "gradient_flow" and c.description and "python -m jcnn.inspect gradient_flow" in gradient_flow.__doc__
   assert callable(gradient_flow.main)
+
+
+def test_a_trained_runs_workdir_feeds_every_capability(tmp_path):
+  """--workdir: the run's checkpointed parameters, not a retrained model (feature maps checked against them)."""
+  from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
+  from jcnn import loop  # pylint: disable=g-import-not-at-top
+  c = fashion_convnet.get_config()
+  c.data.name, c.data.synthetic_size = "synthetic", (64, 32)
+  c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 16
+  out = loop.train_and_evaluate(c, str(tmp_path / "run"))
+  model, variables, ds = inspect.load_trained(str(tmp_path / "run"))
+  leaves = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                        variables["params"], out["state"].params))
+  assert all(leaves) and ds.test_x.shape == (32, 28, 28, 1)
+  fmaps = inspect.feature_maps(model, variables, ds.test_x[:1], "conv1")
+  k, b = np.asarray(variables["params"]["conv1"]["kernel"]), np.asarray(variables["params"]["conv1"]["bias"])
+  x = np.asarray(ds.test_x[0, :, :, 0])
+  by_hand = sum(x[i:i + 26, j:j + 26, None] * k[i, j, 0] for i in range(3) for j in range(3)) + b   # [26, 26, 32]
+  np.testing.assert_allclose(np.asarray(fmaps)[0], by_hand, rtol=1e-4, atol=1e-5)
+  assert inspect.main(["filters", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'pics'}"]) == 0
+  assert (tmp_path / "pics" / "filters.png").exists()

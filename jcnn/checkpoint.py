@@ -132,6 +132,18 @@ class Checkpoints:
       raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
     return state["state"], meta
 
+  def restore_untyped(self, step: int) -> dict:
+    """{'state': nested dicts of arrays (no target structure: NamedTuples come back as lists), 'meta'}: for reading a
+    run's parameters without rebuilding its optimizer."""
+    ocp = _ocp()
+    where = os.path.join(self.directory, str(step))
+    try:
+      return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                              meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}); it is truncated or damaged; delete "
+                            f"it to use an earlier one") from None
+
   def meta(self, step: int | None = None) -> dict:
     """The JSON meta of a step (default: the newest): its epoch rows, seed, and a sweep's variant table."""
     ocp = _ocp()
@@ -260,13 +272,7 @@ def load_trained(workdir: str, variant: int | None = None) -> dict:
   step = ck.latest_step()
   if step is None:
     raise CheckpointError(f"{directory} holds no checkpoint; train the run first")
-  ocp = _ocp()
-  try:
-    restored = ck._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),  # pylint: disable=protected-access
-                                                              meta=ocp.args.JsonRestore()))
-  except Exception as e:  # pylint: disable=broad-except
-    raise CheckpointError(f"checkpoint {directory}/{step} cannot be read ({_first_line(e)}); it is truncated or "
-                          f"damaged") from None
+  restored = ck.restore_untyped(step)
   train = restored["state"]["train"]
   pick = (lambda t: jax.tree.map(lambda a: np.asarray(a)[j], t)) if j is not None else (lambda t: t)
   variables = {"params": pick(train["params"]), "batch_stats": pick(train.get("batch_stats") or {})}

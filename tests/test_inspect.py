@@ -202,7 +202,7 @@ def run_cli(*args):
 
 def test_cli_bad_input_is_one_error_line(tmp_path):
   for args, expect in ((("nonsense",), "invalid choice"),
-                       (("filters", f"--workdir={tmp_path}", f"--out={tmp_path}"), "jcnn.checkpoint"),
+                       (("filters", f"--workdir={tmp_path}", f"--out={tmp_path}"), "holds no jcnn run (no config.json)"),
                        (("gradient_flow",), "--workdir"),
                        (("summary", "--model=nope"), "unknown model")):
     proc = run_cli(*args)

@@ -372,8 +372,20 @@ def main(argv=None) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
   if rec is not None:
+    if args.workdir and args.capability != "gradient_flow":   # a trained run: its pictures also in its TensorBoard
+      from jcnn import writers  # pylint: disable=g-import-not-at-top
+      rec["tensorboard"] = writers.tb_images(os.path.join(args.workdir, "tb", "inspect"), _pngs(rec))
     print(json.dumps(rec, indent=1))
   return 0
+
+
+def _pngs(rec) -> list[str]:
+  """Every PNG path in a command's record."""
+  if isinstance(rec, dict):
+    return [p for v in rec.values() for p in _pngs(v)]
+  if isinstance(rec, (list, tuple)):
+    return [p for v in rec for p in _pngs(v)]
+  return [rec] if isinstance(rec, str) and rec.endswith(".png") else []
 
 
 if __name__ == "__main__":

@@ -195,3 +195,17 @@ def write_sweep(workdir: str, results: list[dict], rows: list[dict], table: str,
   except ImportError:
     pass
   write_json(os.path.join(workdir, "summary.json"), rows)
+
+
+def tb_images(logdir: str, png_paths: Sequence[str], step: int = 0) -> list[str]:
+  """The given PNG files as TensorBoard images (tag `inspect/<file name>`) in logdir; returns the tags."""
+  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  tags = []
+  with SummaryWriter(logdir) as w:
+    for p in png_paths:
+      img = mpimg.imread(p)                                  # [H, W, 3 or 4] floats in [0, 1]
+      tag = "inspect/" + os.path.splitext(os.path.basename(p))[0]
+      w.add_image(tag, np.asarray(img)[..., :3], step, dataformats="HWC")
+      tags.append(tag)
+  return tags

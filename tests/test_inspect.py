@@ -237,3 +237,7 @@ def test_a_trained_runs_workdir_feeds_every_capability(tmp_path):
   np.testing.assert_allclose(np.asarray(fmaps)[0], by_hand, rtol=1e-4, atol=1e-5)
   assert inspect.main(["filters", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'pics'}"]) == 0
   assert (tmp_path / "pics" / "filters.png").exists()
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tb" / "inspect"))
+  acc.Reload()
+  assert acc.Tags()["images"] == ["inspect/filters"]

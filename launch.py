@@ -1,5 +1,7 @@
 """The only entry point: python launch.py --experiment=NAME [--config.a.b=value ...] [--sweep.a=value ...]
                                          [--workdir=DIR] | --list
+                       python launch.py --mode=predict --workdir=DIR --images=a.png,b.png [--top_k=3] [--variant=K]
+                       python launch.py --mode=export --workdir=DIR [--format=onnx] [--variant=K]
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
 ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field; every value is
@@ -87,6 +89,13 @@ def _parse(argv):
   flags.DEFINE_string("workdir", None, "where results go (default runs/NAME/TIMESTAMP); an unfinished run there "
                       "resumes", flag_values=fv)
   flags.DEFINE_bool("list", False, "list the experiments with their descriptions", flag_values=fv)
+  flags.DEFINE_enum("mode", "train", ["train", "predict", "export"], "train (default), predict (top-k classes of "
+                    "image files with a trained run's model) or export (the model as an ONNX file)", flag_values=fv)
+  flags.DEFINE_list("images", [], "--mode=predict: image files (PNG, JPEG), comma-separated", flag_values=fv)
+  flags.DEFINE_integer("top_k", 3, "--mode=predict: classes shown per image", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("variant", None, "--mode=predict/export on a sweep: the variant (a line of variants.jsonl, "
+                       "from 0)", lower_bound=0, flag_values=fv)
+  flags.DEFINE_enum("format", "onnx", ["onnx"], "--mode=export: the file format", flag_values=fv)
   experiment = _argv_value(argv, "experiment")
   if experiment is not None:
     if experiment not in experiments():
@@ -117,6 +126,8 @@ def run(argv) -> int:
       print(__doc__)
       return 0
     fv, experiment = parse(argv)
+    if fv.mode != "train":
+      return use_trained(fv)
     if fv.list or experiment is None:
       for name in experiments():
         print(f"{name:<24} {importlib.import_module(f'experiments.{name}').get_config().get('description', '')}")
@@ -151,6 +162,29 @@ def run(argv) -> int:
     return 130
   except Exception as e:  # pylint: disable=broad-except  (a bug in jcnn: one line, the traceback kept in a file)
     return report_bug(e, workdir)
+
+
+def use_trained(fv) -> int:
+  """--mode=predict / export: a trained run's model, from its workdir's newest checkpoint."""
+  from jcnn import export  # pylint: disable=g-import-not-at-top
+  from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not fv.workdir:
+    fail(f"--mode={fv.mode} needs --workdir=DIR, a trained run's folder")
+  if fv.mode == "predict" and not fv.images:
+    fail("--mode=predict needs --images=a.png[,b.png ...]")
+  try:
+    p = export.load(fv.workdir, fv.variant)
+    if fv.mode == "predict":
+      for r in export.predict_files(p, fv.images, fv.top_k):
+        print(f"{r['image']}: " + ", ".join(f"{t['name']} ({t['class']}) {t['probability']:.4f}" for t in r["top"]))
+    else:
+      name = "model.onnx" if fv.variant is None else f"model_variant{fv.variant}.onnx"
+      path = export.to_onnx(p, os.path.join(fv.workdir, name))
+      print(f"wrote {path}: input 'images' float32 [batch, {', '.join(map(str, p.raw_shape))}] in [0, 1] (uint8 "
+            f"pixels / 255; the run's preprocessing is inside), output 'probabilities' [batch, {len(p.class_names)}]")
+  except UserError as e:
+    fail(str(e), e.exit_code)
+  return 0
 
 
 def report_bug(e: BaseException, workdir) -> int:

@@ -1,0 +1,186 @@
+"""A trained model outside its run: a pure `predict` with the run's own preprocessing, image files, and ONNX export.
+
+    p = export.load("runs/mine")                       # a run's workdir (a sweep's: variant=k or {"dropout_rate": 0.25})
+    probs = p.predict(images)                          # [B, classes]; images [B, H, W, C] uint8 0..255 or floats 0..1
+    export.to_onnx(p, "runs/mine/model.onnx")          # needs the [export] extra (jax2onnx)
+
+`predict` applies what training applied, with the statistics saved in the run's checkpoint (the training split's
+mean/std or min/max; never recomputed from the inputs): uint8 pixels are divided by 255 (floats are taken as already in
+[0, 1]), then standardised / min-max scaled / centred per channel as config.data.preprocess says, then zero-padded by
+config.data.pad. Images may come at the dataset's size (before padding) or at the model's. Token models (TextCNN) take
+integer ids as they are.
+
+The ONNX file takes `images`: float32 [batch, H, W, C] in [0, 1] at the dataset's size (the batch dimension is
+dynamic; divide uint8 pixels by 255 first) and returns `probabilities` [batch, classes]; the preprocessing is inside the
+graph, and BatchNorm is in its inference form (running statistics folded in as constants).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn.errors import UserError
+
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "mnist": tuple(str(d) for d in range(10)),
+    "imdb_reviews": ("negative", "positive"),
+}
+
+
+class ExportError(UserError):
+  pass
+
+
+class Predictor(NamedTuple):
+  predict: Callable[[Any], jax.Array]   # jitted: images -> probabilities [B, classes]
+  prepare: Callable[[Any], jax.Array]   # images -> the model's input (the run's preprocessing); pure, traceable
+  model: Any
+  variables: dict
+  input_shape: tuple                    # one example as the model takes it (after padding)
+  raw_shape: tuple                      # one example as the dataset holds it (before padding)
+  input_dtype: str                      # 'float32', or an integer type for token ids
+  class_names: tuple
+
+
+def predictor(model, variables, *, preprocess: dict | None = None, pad: int = 0, input_shape: Sequence[int],
+              input_dtype: str = "float32", class_names: Sequence[str] = ()) -> Predictor:
+  """A Predictor for live parameters. `preprocess` is a run's statistics record (data.preprocess's `stats`)."""
+  stats = preprocess or {"method": "scale", "scale": 255.0}
+  input_shape = tuple(input_shape)
+  tokens = np.issubdtype(np.dtype(input_dtype), np.integer)
+  raw_shape = input_shape if tokens or not pad else (input_shape[0] - 2 * pad, input_shape[1] - 2 * pad) + \
+      input_shape[2:]
+  shift = jnp.asarray(stats.get("shift", 0.0), jnp.float32)
+  div = jnp.asarray(stats.get("div", 1.0), jnp.float32)
+
+  def prepare(images):
+    if tokens:
+      return images
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+    if stats["method"] not in ("scale", "none"):
+      x = (x - shift) / div                              # the training split's statistics, per channel
+    if pad and x.shape[1:] == raw_shape:
+      x = jnp.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    return x
+
+  def predict(images):
+    return jax.nn.softmax(model.apply(variables, prepare(images), train=False), axis=-1)
+
+  names = tuple(class_names) or tuple(str(i) for i in range(_num_classes(model, variables)))
+  return Predictor(jax.jit(predict), prepare, model, variables, input_shape, raw_shape, input_dtype, names)
+
+
+def _num_classes(model, variables) -> int:
+  head = jax.tree.leaves(variables["params"])[-1]   # the last parameter: the head's bias or kernel
+  return int(getattr(model, "num_classes", head.shape[-1]))
+
+
+def _variant_index(workdir: str, variant) -> int | None:
+  """A sweep variant given by index or by hyperparameters ({'dropout_rate': 0.25, 'seed': 1}) -> its index."""
+  if variant is None or isinstance(variant, int):
+    return variant
+  path = os.path.join(workdir, "variants.jsonl")
+  rows = [json.loads(line)["hparams"] for line in open(path)] if os.path.exists(path) else []
+  hits = [i for i, h in enumerate(rows) if all(h.get(k) == v for k, v in variant.items())]
+  if len(hits) != 1:
+    raise ExportError(f"{len(hits)} variants of {workdir} match {variant} (variants.jsonl lists them); give more "
+                      f"hyperparameters or the variant's index")
+  return hits[0]
+
+
+def load(workdir: str, variant: int | dict | None = None) -> Predictor:
+  """The newest checkpoint of the run in `workdir` as a Predictor (a sweep: `variant`, an index into variants.jsonl
+  or a dict of its hyperparameters; a diverged variant is refused)."""
+  from jcnn import checkpoint  # pylint: disable=g-import-not-at-top
+  trained = checkpoint.load_trained(workdir, _variant_index(workdir, variant))
+  config, data = trained["config"], trained["meta"]["data"]
+  return predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
+                   input_shape=data["input_shape"], input_dtype=data["input_dtype"],
+                   class_names=CLASS_NAMES.get(config.data.name, ()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image files.
+def read_image(path: str, shape: Sequence[int]) -> np.ndarray:
+  """One PNG/JPEG/... as uint8 [H, W, C] for a model whose examples are `shape` (H, W, C). Conversions are made only
+  where they lose nothing the model could use and are unambiguous: colour -> grey (ITU-R 601 luma, Pillow's 'L') for
+  a 1-channel model, grey -> 3 equal channels for a 3-channel one, an alpha channel that is fully opaque dropped.
+  A different size is refused (resizing would change what the model sees)."""
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  h, w, c = shape
+  try:
+    img = Image.open(path)
+    img.load()
+  except FileNotFoundError:
+    raise ExportError(f"{path}: no such file") from None
+  except (UnidentifiedImageError, OSError) as e:
+    raise ExportError(f"{path} is not an image Pillow can read ({type(e).__name__}); pass PNG or JPEG files") from None
+  if img.size != (w, h):
+    raise ExportError(f"{path} is {img.size[0]}x{img.size[1]} pixels; the model takes {w}x{h} ({c} channel"
+                      f"{'s' if c > 1 else ''}): resize or crop it first")
+  if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    img = img.convert("RGBA" if img.mode != "LA" else "LA")
+    if np.asarray(img)[..., -1].min() < 255:
+      raise ExportError(f"{path} has transparent pixels; flatten it onto a background first")
+    img = img.convert("RGB" if img.mode == "RGBA" else "L")
+  if img.mode not in ("L", "RGB"):
+    img = img.convert("RGB")
+  if c == 1 and img.mode == "RGB":
+    img = img.convert("L")
+  elif c == 3 and img.mode == "L":
+    img = img.convert("RGB")
+  elif c not in (1, 3):
+    raise ExportError(f"the model takes {c}-channel images; only 1 (grey) and 3 (RGB) channels can be read from files")
+  x = np.asarray(img, np.uint8)
+  return x[..., None] if x.ndim == 2 else x
+
+
+def predict_files(p: Predictor, paths: Sequence[str], top_k: int = 3) -> list[dict]:
+  """Top-k classes with names and probabilities per image file."""
+  if np.issubdtype(np.dtype(p.input_dtype), np.integer):
+    raise ExportError("this model takes token ids, not images; use export.load(...).predict on token arrays")
+  images = np.stack([read_image(path, p.raw_shape) for path in paths])      # [B, H, W, C] uint8
+  probs = np.asarray(p.predict(images))
+  k = max(1, min(top_k, probs.shape[-1]))
+  out = []
+  for path, row in zip(paths, probs):
+    top = np.argsort(-row, kind="stable")[:k]
+    out.append({"image": path, "top": [{"class": int(i), "name": p.class_names[i], "probability": float(row[i])}
+                                       for i in top]})
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ONNX.
+def to_onnx(p: Predictor, path: str) -> str:
+  """Writes `path`: input `images` float32 [batch, H, W, C] in [0, 1] (token ids int32 [batch, T]), output
+  `probabilities` [batch, classes]; dynamic batch. Needs the [export] extra."""
+  try:
+    import logging  # pylint: disable=g-import-not-at-top
+    from jax2onnx import to_onnx as convert  # pylint: disable=g-import-not-at-top
+    for name in ("onnx_ir", "jax2onnx"):      # their per-tensor serialisation notes are not the user's business
+      logging.getLogger(name).setLevel(logging.ERROR)
+  except ImportError:
+    raise ExportError("ONNX export needs the [export] extra: pip install -e '.[export]' (jax2onnx, onnxruntime)") \
+      from None
+  tokens = np.issubdtype(np.dtype(p.input_dtype), np.integer)
+  spec = jax.ShapeDtypeStruct(("B",) + tuple(p.raw_shape), jnp.int32 if tokens else jnp.float32)
+  fn = lambda images: jax.nn.softmax(p.model.apply(p.variables, p.prepare(images), train=False), axis=-1)
+  try:
+    proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=["images"], output_names=["probabilities"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExportError(f"jax2onnx could not convert {type(p.model).__name__} ({str(e).strip().splitlines()[0][:200]})"
+                      f"; see the README's export table") from None
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(proto.SerializeToString())
+  return path
+

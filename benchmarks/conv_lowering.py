@@ -1,7 +1,7 @@
 """Convolution lowerings per layer shape, alone and under `jax.vmap` over V variants (issue 5; DESIGN "Performance").
 
   python benchmarks/conv_lowering.py                    # convnet + resnet20 layer shapes, batch 64, V=4
-  python benchmarks/conv_lowering.py --quick --out=/tmp/conv_lowering.json
+  python benchmarks/conv_lowering.py --quick --out=conv_lowering.json
 
 For each layer shape and lowering it times the forward and the training-time backward (gradients for the kernel and,
 except for the first layer, whose input needs none, for the input) at V=1 and vmapped over V variants (each variant its

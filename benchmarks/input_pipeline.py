@@ -1,7 +1,7 @@
 """What the input pipeline costs a training step (issue 5: it must be under 5%).
 
   python benchmarks/input_pipeline.py                   # Keras convnet, batch 64 and 256, 9 windows
-  python benchmarks/input_pipeline.py --batches=64 --out=/tmp/pipeline.json
+  python benchmarks/input_pipeline.py --batches=64 --out=pipeline.json
 
 "gathered" is train_and_evaluate's step: the 60,000-image training set lives on the device and each step gathers its
 batch there from an epoch's [steps, B] index array. "fixed" is the same jitted step on one batch gathered beforehand (no

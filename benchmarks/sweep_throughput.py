@@ -1,7 +1,7 @@
 """Sweep throughput: V variants of the Keras convnet in one program vs the same V trained one after another.
 
   python benchmarks/sweep_throughput.py                      # V = 1 2 4 8 16, batch 64, strategies vmap and map
-  python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=/tmp/sweep.json
+  python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=sweep.json
 
 "Sequential" is the single-model step of the one loop (`loop.single_program`, what `loop.run` calls per step: jitted,
 donated, batch gathered on the device); V models trained one after another run at its model-images/s. "Sweep" is

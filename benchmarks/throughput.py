@@ -2,7 +2,7 @@
 
   python benchmarks/throughput.py                       # convnet b64, convnet b256, resnet20 b128; 7 windows
   python benchmarks/throughput.py --quick               # convnet b64 only, 5 short windows
-  python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=/tmp/throughput.json
+  python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=throughput.json
 
 jcnn runs its real path: the one loop's program step (`loop.single_program`: `make_train_step` inside the per-model
 step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident

@@ -34,11 +34,8 @@ def _shape(out) -> str:
   return ", ".join(str(tuple(x.shape[1:])) for x in leaves) if leaves else "-"
 
 
-def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None,
-               input_dtype=jnp.float32) -> list[dict]:
-  """[{'name', 'output_shape' (no batch axis), 'params', 'state'}] per submodule up to `depth` deep, in call order."""
-  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
-  calls: list[dict] = []
+def _call_recorder(depth: int, calls: list):
+  """An nn.intercept_methods interceptor appending {'path', 'out'} for each submodule call up to `depth` deep."""
 
   def record(next_fun, args, kwargs, context):
     path = tuple(context.module.path)
@@ -47,8 +44,17 @@ def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, var
     row = {"path": path}
     calls.append(row)          # appended at call start, so parents come before their children
     out = next_fun(*args, **kwargs)
-    row.setdefault("output_shape", _shape(out))
+    row.setdefault("out", out)
     return out
+  return record
+
+
+def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variables=None,
+               input_dtype=jnp.float32) -> list[dict]:
+  """[{'name', 'output_shape' (no batch axis), 'params', 'state'}] per submodule up to `depth` deep, in call order."""
+  x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
+  calls: list[dict] = []
+  record = _call_recorder(depth, calls)
 
   def run(x):
     with nn.intercept_methods(record):
@@ -62,7 +68,7 @@ def layer_rows(model: nn.Module, input_shape: Sequence[int], depth: int = 1, var
     if c["path"] in seen:      # a shared module called twice shows once
       continue
     seen.add(c["path"])
-    rows.append({"name": "/".join(c["path"]), "output_shape": c["output_shape"],
+    rows.append({"name": "/".join(c["path"]), "output_shape": _shape(c["out"]),
                  "params": count_params(_get(params, c["path"])), "state": count_params(_get(stats, c["path"]))})
   return rows
 
@@ -349,16 +355,7 @@ def analyze(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variab
   if variables is not None:
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), dict(variables))
   calls: list[dict] = []
-
-  def record(next_fun, args, kwargs, context):
-    path = tuple(context.module.path)
-    if context.method_name != "__call__" or not 0 < len(path) <= depth:
-      return next_fun(*args, **kwargs)
-    row = {"path": path}
-    calls.append(row)          # appended at call start, so parents come before their children
-    out = next_fun(*args, **kwargs)
-    row.setdefault("out", out)
-    return out
+  record = _call_recorder(depth, calls)
 
   def forward(v, x):
     with nn.intercept_methods(record):

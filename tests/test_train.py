@@ -449,8 +449,29 @@ def test_experiment_one_step(name, tmp_path):
     out = sweep.run_sweep(c, s, workdir)
     assert os.path.exists(os.path.join(workdir, "config.json"))
     with open(os.path.join(workdir, "summary.json")) as f:
-      assert json.load(f)
-    assert out["results"]
+      summary_rows = json.load(f)
+    with open(os.path.join(workdir, "variants.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    # The grid of get_sweep() is the grid that ran: one variant per value of the swept axis (one seed), in order,
+    # every other axis at the config's value.
+    (axis,) = sweep.swept_axes(s)
+    assert [r["hparams"][axis] for r in rows] == list(module.get_sweep()[axis]) and len(summary_rows) == len(rows)
+    assert all(r["hparams"]["seed"] == c.train.seed and not r["failed"] for r in rows)
+    for other in set(sweep.swept_axes(module.get_sweep()) + ["dropout_rate", "init_scale", "learning_rate"]) - {axis}:
+      assert len({json.dumps(r["hparams"].get(other)) for r in rows}) == 1, other
+    # ... and applied: same seed, same data, same batch, so the value is the only difference. Each value trains other
+    # parameters (another test loss after the step). The one step's train loss is measured before its update: it
+    # differs where the axis acts in the forward pass (dropout, init scale, activation), and is the same for every
+    # learning rate.
+    test_losses = [r["final"]["test_loss"] for r in rows]
+    train_losses = [r["final"]["train_loss"] for r in rows]
+    assert all(math.isfinite(v) for v in test_losses + train_losses)
+    assert len(set(test_losses)) == len(rows), test_losses
+    if axis == "learning_rate":
+      np.testing.assert_allclose(train_losses, train_losses[0], rtol=1e-6)
+    else:
+      assert len(set(train_losses)) == len(rows), train_losses
+    assert [r["hparams"] for r in out["results"]] == [r["hparams"] for r in rows]
     return
   out = loop.train_and_evaluate(c, workdir)
   for f in ("config.json", "metrics.jsonl", "results.json"):

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_torch
 
 from jcnn import models, summary
 from jcnn.errors import ConfigError
@@ -69,7 +70,7 @@ def convnet_and_vars():
 
 
 def test_convnet_matches_torch_replica(convnet_and_vars):
-  torch = pytest.importorskip("torch")
+  torch = require_torch()
   F = torch.nn.functional
   model, variables, x = convnet_and_vars
   p = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), variables["params"])

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_torch
 from jax import lax
 
 from jcnn import layers
@@ -77,7 +78,7 @@ def test_conv_shapes_and_values_match_lax(spatial, ks, strides, padding, dilatio
 
 
 def test_conv_matches_torch():
-  torch = pytest.importorskip("torch")
+  torch = require_torch()
   x = np.random.default_rng(0).normal(size=(2, 10, 9, 3)).astype(np.float32)
   conv = layers.Conv(5, (3, 3), strides=2, padding=1, kernel_dilation=2, lowering="patches")
   variables = conv.init(jax.random.key(0), x)

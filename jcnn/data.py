@@ -5,7 +5,7 @@
      named after the dataset in either), or the Debian package's folder (/usr/share/datasets/fashion-mnist);
   2. tensorflow-datasets, imported only here (it pulls in TensorFlow), which reads its cache or downloads;
   3. otherwise a DataError whose one line says how to get the data.
-`synthetic` makes a small learnable dataset in memory, for tests.
+`synthetic` makes a small learnable dataset in memory, for tests; `synthetic_text` the same as token ids (TextCNN).
 
 The arrays are put on the device once. Shuffling and batching are index arrays made with jax.random: a training step
 gathers its batch on the device (`images[idx]`), so there is no host loop or host->device copy per step.
@@ -171,23 +171,59 @@ def tokenize(texts, max_len: int = 400, vocab_size: int = 20000, vocab: dict | N
   return ids, vocab
 
 
+def synthetic_text(max_len: int = 400, vocab_size: int = 20000, num_classes: int = 2, n_train: int = 2048,
+                   n_test: int = 512, seed: int = 0):
+  """A learnable toy text problem, already as token ids [N, max_len] int32 in [0, vocab_size) (0 pads, as tokenize's).
+
+  Each example has a random length in [max_len // 2, max_len] of random word ids (>= 2); a quarter of its words
+  (at least one) are replaced by words of its class's own set (disjoint sets of up to 8 ids), so the presence of a
+  class's words (what TextCNN's max over time detects) gives the label."""
+  per_class = min(8, (vocab_size - 2) // (2 * num_classes))
+  if per_class < 1:
+    raise DataError(f"synthetic_text needs config.data.vocab_size >= {2 + 2 * num_classes} "
+                    f"(got {vocab_size}): each class gets its own words")
+  rng = np.random.default_rng(seed)
+  class_words = 2 + rng.permutation(vocab_size - 2)[:num_classes * per_class].reshape(num_classes, per_class)
+
+  def make(n):
+    y = rng.integers(0, num_classes, size=n).astype(np.int32)
+    x = rng.integers(2, vocab_size, size=(n, max_len)).astype(np.int32)
+    lengths = rng.integers(max(max_len // 2, 1), max_len + 1, size=n)
+    for i in range(n):
+      x[i, lengths[i]:] = 0
+      where = rng.choice(lengths[i], size=max(1, lengths[i] // 4), replace=False)
+      x[i, where] = rng.choice(class_words[y[i]], size=where.size)
+    return x, y
+
+  return make(n_train) + make(n_test) + (num_classes,)
+
+
 def load_text(cfg: Mapping[str, Any], seed: int = 0) -> "Dataset":
   """config.data (name, max_len, vocab_size, val_size, train_limit, test_limit) -> Dataset of token ids on the device.
-  The vocabulary comes from the training split (after the validation hold-out)."""
-  trx, try_, tex, tey, num_classes = load_tfds(cfg["name"], cfg["data_dir"])
+  The vocabulary comes from the training split (after the validation hold-out). `synthetic_text` makes the ids
+  directly (synthetic_size examples of max_len tokens below vocab_size), with no tokenizer."""
+  max_len, vocab_size = int(cfg["max_len"]), int(cfg["vocab_size"])
+  is_synthetic = cfg["name"] == "synthetic_text"
+  if is_synthetic:
+    trx, try_, tex, tey, num_classes = synthetic_text(max_len, vocab_size, n_train=cfg["synthetic_size"][0],
+                                                      n_test=cfg["synthetic_size"][-1])
+  else:
+    trx, try_, tex, tey, num_classes = load_tfds(cfg["name"], cfg["data_dir"])
   val_size = int(cfg["val_size"])
   vax = vay = None
   if val_size:
+    if not 0 < val_size < len(trx):
+      raise DataError(f"config.data.val_size={val_size} must be between 0 and the {len(trx)} training examples")
     perm = np.random.default_rng(seed).permutation(len(trx))
     vax, vay, trx, try_ = trx[perm[:val_size]], try_[perm[:val_size]], trx[perm[val_size:]], try_[perm[val_size:]]
   if cfg["train_limit"]:
     trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
   if cfg["test_limit"]:
     tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
-  max_len, vocab_size = int(cfg["max_len"]), int(cfg["vocab_size"])
-  trx, vocab = tokenize(trx, max_len, vocab_size)
-  tex = tokenize(tex, max_len, vocab=vocab)[0]
-  vax = tokenize(vax, max_len, vocab=vocab)[0] if vax is not None else None
+  if not is_synthetic:
+    trx, vocab = tokenize(trx, max_len, vocab_size)
+    tex = tokenize(tex, max_len, vocab=vocab)[0]
+    vax = tokenize(vax, max_len, vocab=vocab)[0] if vax is not None else None
   put = jax.device_put
   return Dataset(cfg["name"], put(trx), put(try_), put(tex), put(tey), put(vax) if vax is not None else None,
                  put(vay) if vay is not None else None, num_classes,
@@ -215,7 +251,7 @@ def load_raw(name: str, data_dir: str = "", synthetic_shape=(28, 28, 1), synthet
       return load_idx(folder)
   if name not in TFDS_NAMES:
     raise DataError(f"unknown dataset {name!r}: set config.data.name to one of "
-                    f"{', '.join(sorted(TFDS_NAMES) + ['synthetic'])}")
+                    f"{', '.join(sorted(TFDS_NAMES) + ['synthetic', 'synthetic_text'])}")
   return load_tfds(name, data_dir)
 
 
@@ -247,7 +283,7 @@ def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
 def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
   """config.data (missing fields take jcnn/config.py's defaults) -> Dataset on the device."""
   cfg = with_defaults("data", cfg)
-  if cfg["name"] in TEXT_DATASETS:
+  if cfg["name"] in TEXT_DATASETS or cfg["name"] == "synthetic_text":
     return load_text(cfg, seed)
   trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg["data_dir"], cfg["synthetic_shape"],
                                                cfg["synthetic_size"])

@@ -45,6 +45,21 @@ def write_idx_dataset(folder, train_x, train_y, test_x, test_y, gz: bool = True)
   return str(folder)
 
 
+def require_torch():
+  """torch, for the cross-checks against a second implementation. Without it the test skips, unless
+  JCNN_REQUIRE_TORCH=1 (set by `make test` and `.ci/run`, whose set-up installs torch): then a missing torch is a
+  failure of the set-up, reported as one, not a silent skip."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    return torch
+  except ImportError as e:
+    error = str(e)
+  if os.environ.get("JCNN_REQUIRE_TORCH") == "1":
+    pytest.fail(f"JCNN_REQUIRE_TORCH=1 but torch cannot be imported ({error}): pip install -e '.[dev]' (it includes "
+                "[bench], torch CPU)", pytrace=False)
+  pytest.skip("torch is not installed: pip install -e '.[dev]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
+
+
 @pytest.fixture
 def idx_dataset():
   return write_idx_dataset

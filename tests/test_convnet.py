@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import require_torch
 
 from jcnn import models, summary
 from jcnn.errors import ConfigError
@@ -22,9 +23,14 @@ def test_convnet_layer_shapes_and_params():
   for name, shape, params in expected:
     assert rows[name]["output_shape"] == shape, name
     assert rows[name]["params"] == params, name
-  # Hand counts: (3*3*C_in + 1) * C_out per conv, (in + 1) * out per dense.
-  assert [(3 * 3 * 1 + 1) * 32, (3 * 3 * 32 + 1) * 64, (3 * 3 * 64 + 1) * 64, (576 + 1) * 64, (64 + 1) * 10] == \
-      [320, 18496, 36928, 36928, 650]
+  # The same counts from the architecture, by hand: (3*3*C_in + 1) * C_out per conv along the channel chain
+  # 1 -> 32 -> 64 -> 64, flatten of 28 -> 26 -> 13 -> 11 -> 5 -> 3 spatial, (in + 1) * out per dense.
+  chain, side = (1, 32, 64, 64), 28
+  for i, name in enumerate(("conv1", "conv2", "conv3")):
+    assert rows[name]["params"] == (3 * 3 * chain[i] + 1) * chain[i + 1], name
+    side = side - 2 if i == 2 else (side - 2) // 2
+  assert rows["flatten"]["output_shape"] == f"({side * side * 64},)"
+  assert rows["dense1"]["params"] == (side * side * 64 + 1) * 64 and rows["head"]["params"] == (64 + 1) * 10
   names = list(rows)
   before_flatten = sum(rows[n]["params"] for n in names[:names.index("flatten")])
   assert before_flatten == 55_744                       # Chollet's summary: "Total params: 55,744" before Flatten
@@ -64,7 +70,7 @@ def convnet_and_vars():
 
 
 def test_convnet_matches_torch_replica(convnet_and_vars):
-  torch = pytest.importorskip("torch")
+  torch = require_torch()
   F = torch.nn.functional
   model, variables, x = convnet_and_vars
   p = jax.tree.map(lambda a: torch.from_numpy(np.array(a)), variables["params"])

@@ -137,10 +137,49 @@ def test_synthetic():
   assert float(ds.train_x.min()) >= 0 and float(ds.train_x.max()) <= 1
   again = data.load({"name": "synthetic", "synthetic_shape": (8, 8, 3), "synthetic_size": (40, 10)})
   np.testing.assert_array_equal(ds.train_x, again.train_x)
-  # Learnable: nearest class mean (from train) classifies test well above chance.
-  means = np.stack([np.asarray(ds.train_x)[np.asarray(ds.train_y) == c].mean(0) for c in range(10)
-                    if (np.asarray(ds.train_y) == c).any()])
-  assert means.shape[0] >= 8
+  # Learnable: nearest class mean (from the 40 training images) classifies 200 test images well above chance (0.1),
+  # while the same classifier fit on shuffled training labels does not.
+  ds = data.load({"name": "synthetic", "synthetic_shape": (8, 8, 3), "synthetic_size": (40, 200)})
+  trx, try_ = np.asarray(ds.train_x).reshape(40, -1), np.asarray(ds.train_y)
+  tex, tey = np.asarray(ds.test_x).reshape(200, -1), np.asarray(ds.test_y)
+
+  def nearest_mean_accuracy(labels):
+    present = [c for c in range(10) if (labels == c).any()]
+    means = np.stack([trx[labels == c].mean(0) for c in present])                 # [classes seen, 192]
+    pred = np.asarray(present)[((tex[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)]
+    return (pred == tey).mean()
+
+  assert nearest_mean_accuracy(try_) >= 0.9
+  assert nearest_mean_accuracy(np.random.default_rng(0).permutation(try_)) <= 0.5
+
+
+def test_synthetic_text_tokens_are_learnable():
+  cfg = {"name": "synthetic_text", "max_len": 24, "vocab_size": 50, "synthetic_size": (200, 200), "val_size": 20,
+         "preprocess": "standardize"}                  # preprocessing does not apply to token ids
+  ds = data.load(cfg)
+  assert ds.train_x.shape == (180, 24) and ds.val_x.shape == (20, 24) and ds.test_x.shape == (200, 24)
+  assert ds.train_x.dtype == jnp.int32 and ds.num_classes == 2 and ds.image_shape == (24,)
+  x = np.asarray(ds.train_x)
+  assert x.min() == 0 and x.max() < 50 and not (x == 1).any()        # 0 pads, 1 (unknown) is never drawn
+  lengths = (x != 0).sum(1)
+  assert lengths.min() >= 12 and (x[np.arange(24)[None] >= lengths[:, None]] == 0).all()   # padding only at the end
+  np.testing.assert_array_equal(data.load(cfg).train_x, ds.train_x)   # deterministic
+  assert np.bincount(np.asarray(ds.train_y), minlength=2).min() >= 60
+
+  # Learnable: bag-of-words nearest class mean (fit on train) classifies the test split well above chance (0.5).
+  def bags(ids):                                       # [N, vocab] word frequencies, padding dropped
+    counts = np.stack([np.bincount(row, minlength=50) for row in np.asarray(ids)])[:, 2:].astype(float)
+    return counts / counts.sum(1, keepdims=True)
+
+  trb, teb, tey = bags(ds.train_x), bags(ds.test_x), np.asarray(ds.test_y)
+
+  def nearest_mean_accuracy(labels):
+    means = np.stack([trb[labels == c].mean(0) for c in (0, 1)])
+    return (((teb[:, None] - means[None]) ** 2).sum(-1).argmin(1) == tey).mean()
+
+  assert nearest_mean_accuracy(np.asarray(ds.train_y)) >= 0.9
+  with pytest.raises(DataError, match="vocab_size >= 6"):
+    data.load({"name": "synthetic_text", "vocab_size": 5})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -121,6 +121,42 @@ def test_fuzzed_command_lines_end_cleanly(args, finished, tmp_path_factory, caps
     capsys.readouterr()
 
 
+def test_finished_workdirs_record_and_refuse(finished, capsys):
+  """The two finished workdirs above (made by launch.run): config.json records versions, device and commit;
+  the single run's curves.png is a PNG; the --sweep.* flags were applied; and the same valid command again is
+  refused on each (exit 2, one line) leaving its workdir byte-for-byte unchanged."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  try:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+  except OSError:
+    head = ""
+  for exp, wd in finished.items():
+    with open(os.path.join(wd, "config.json")) as f:
+      saved = json.load(f)
+    rec = saved["record"]
+    assert (rec["jax"], rec["flax"], rec["optax"]) == (jax.__version__, flax.__version__, optax.__version__), exp
+    assert rec["backend"] == jax.default_backend() and rec["devices"] == [str(d) for d in jax.devices()]
+    assert rec["git_commit"] == (head or "unknown") and saved["config"]["name"] == exp
+  with open(os.path.join(finished["fashion_convnet"], "curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  image = mpimg.imread(os.path.join(finished["fashion_convnet"], "curves.png"))
+  assert image.ndim == 3 and min(image.shape[:2]) >= 100 and image.std() > 0     # drawn, not blank
+  with open(os.path.join(finished["ablation_dropout"], "variants.jsonl")) as f:
+    variants = [json.loads(line)["hparams"] for line in f]
+  assert [(v["dropout_rate"], v["seed"]) for v in variants] == [(0.0, 0), (0.5, 0)]    # --sweep.seeds=1, rates
+  for exp, extra in (("fashion_convnet", []), ("ablation_dropout", SWEEP_BASE)):
+    before = tree_digest(finished[exp])
+    capsys.readouterr()
+    code = launch.run(["launch.py", f"--experiment={exp}", *BASE, *extra, f"--workdir={finished[exp]}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "already holds a finished run" in err[0], (exp, err)
+    assert tree_digest(finished[exp]) == before, exp
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Examples the fuzzer (and the issue's 30 hand-tried command lines) found, kept as regression tests.
 @pytest.mark.parametrize("extra,needle", [

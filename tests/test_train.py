@@ -36,21 +36,65 @@ def batch():
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimizers and schedules.
+def _hand_update(name, lr, g, p, state, t, mu=0.9, rho=0.9, wd=0.1):
+  """One step of each update rule, written out in numpy (optax's conventions), at step t = 1, 2, ...
+  Returns (new params, new state); state is a dict of numpy arrays (zeros at t = 1)."""
+  m, v = state.get("m", np.zeros_like(p)), state.get("v", np.zeros_like(p))
+  if name == "sgd":
+    return p - lr * g, {}
+  if name == "momentum":                         # heavy ball: m <- mu m + g; p <- p - lr m
+    m = mu * m + g
+    return p - lr * m, {"m": m}
+  if name == "nesterov":                         # m <- mu m + g; p <- p - lr (g + mu m)
+    m = mu * m + g
+    return p - lr * (g + mu * m), {"m": m}
+  if name == "rmsprop":                          # Keras' eps = 1e-7, inside the square root as optax puts it
+    v = rho * v + (1 - rho) * g ** 2
+    return p - lr * g / np.sqrt(v + 1e-7), {"v": v}
+  b1, b2, eps = 0.9, 0.999, 1e-8                 # adam / adamw: bias-corrected moments
+  m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+  step = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+  if name == "adamw":                            # decoupled weight decay on the parameters before the step
+    step = step + wd * p
+  return p - lr * step, {"m": m, "v": v}
+
+
 @pytest.mark.parametrize("name,lr", [("sgd", 0.5), ("momentum", 0.1), ("nesterov", 0.1), ("rmsprop", 0.01),
                                      ("adam", 0.05), ("adamw", 0.05)])
-def test_optimizer_reduces_loss(batch, name, lr):
+def test_optimizer_two_steps_match_the_update_rule_by_hand(batch, name, lr):
+  """Two train steps of each optimizer against its rule in numpy, on the gradients of a cross-entropy written out
+  here: two steps, so momentum's and nesterov's look-ahead differ, and adamw's decay (0.1) shows against adam."""
   x, y = batch
   model = Linear()
-  tx = train.make_optimizer({"name": name, "learning_rate": lr})
+  tx = train.make_optimizer({"name": name, "learning_rate": lr, "weight_decay": 0.1})
   state = train.init_state(model, tx, jax.random.key(0), x)
   step = jax.jit(train.make_train_step(model, tx))
-  losses = []
-  for _ in range(15):
-    state, m = step(state, x, y, jax.random.key(2))
-    losses.append(float(m["loss_sum"] / m["count"]))
-  assert int(state.step) == 15
-  assert losses[-1] < 0.7 * losses[0], losses
+  flat = lambda q: np.concatenate([np.asarray(q["head"]["kernel"]).ravel(), np.asarray(q["head"]["bias"])])
+
+  def hand_grad(w):                              # d mean(-log softmax(x W + b)[y]) / d(W, b), in numpy
+    xf = np.asarray(x).reshape(len(y), -1).astype(np.float64)
+    k, b = w[:-10].reshape(xf.shape[1], 10), w[-10:]
+    z = xf @ k + b
+    prob = np.exp(z - z.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    prob[np.arange(len(y)), np.asarray(y)] -= 1
+    return np.concatenate([(xf.T @ prob).ravel(), prob.sum(0)]) / len(y)
+
+  w, hand_state, history = flat(state.params).astype(np.float64), {}, []
+  for t in (1, 2):
+    state, _ = step(state, x, y, jax.random.key(2))
+    w, hand_state = _hand_update(name, lr, hand_grad(w), w, hand_state, t)
+    history.append(w)
+    np.testing.assert_allclose(flat(state.params), w, rtol=2e-4, atol=2e-6, err_msg=f"step {t}")
+  assert int(state.step) == 2
   assert abs(float(train.learning_rate_of(state.opt_state)) - lr) < 1e-7
+  # The check can tell the rules apart: the neighbouring rule gives other parameters after two steps.
+  other = {"sgd": "momentum", "momentum": "nesterov", "nesterov": "momentum", "rmsprop": "adam", "adam": "adamw",
+           "adamw": "adam"}[name]
+  w2, st2 = flat(train.init_state(model, tx, jax.random.key(0), x).params).astype(np.float64), {}
+  for t in (1, 2):
+    w2, st2 = _hand_update(other, lr, hand_grad(w2), w2, st2, t)
+  assert not np.allclose(w2, history[-1], rtol=2e-4, atol=2e-6), other
 
 
 def test_unknown_optimizer_and_schedule():
@@ -382,11 +426,11 @@ def test_experiment_one_step(name, tmp_path):
       assert json.load(f)
     return
   if not _offline(c):
-    if c.data.name in getattr(data_lib, "TEXT_DATASETS", ()):
-      pytest.skip(f"{c.data.name} is not on disk and data.synthetic makes only images (no synthetic text)")
-    shape = {"cifar10": (32, 32, 3)}.get(c.data.name, (28, 28, 1))   # the shape the model was built for
-    c.data.name = "synthetic"
-    c.data.synthetic_shape = shape
+    if c.data.name in data_lib.TEXT_DATASETS:   # token ids of the experiment's max_len and vocab_size (cut to 64)
+      c.data.name, c.data.max_len = "synthetic_text", 64
+    else:
+      shape = {"cifar10": (32, 32, 3)}.get(c.data.name, (28, 28, 1))   # the shape the model was built for
+      c.data.name, c.data.synthetic_shape = "synthetic", shape
   # The experiment's pipeline (data, optimizer, schedule, augmentation, files) on its family's tiny member: the full
   # models' XLA:CPU compiles take minutes, and tests/test_models.py covers them.
   c.model.name = TINY_MODEL.get(c.model.name, c.model.name)
@@ -405,8 +449,29 @@ def test_experiment_one_step(name, tmp_path):
     out = sweep.run_sweep(c, s, workdir)
     assert os.path.exists(os.path.join(workdir, "config.json"))
     with open(os.path.join(workdir, "summary.json")) as f:
-      assert json.load(f)
-    assert out["results"]
+      summary_rows = json.load(f)
+    with open(os.path.join(workdir, "variants.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    # The grid of get_sweep() is the grid that ran: one variant per value of the swept axis (one seed), in order,
+    # every other axis at the config's value.
+    (axis,) = sweep.swept_axes(s)
+    assert [r["hparams"][axis] for r in rows] == list(module.get_sweep()[axis]) and len(summary_rows) == len(rows)
+    assert all(r["hparams"]["seed"] == c.train.seed and not r["failed"] for r in rows)
+    for other in set(sweep.swept_axes(module.get_sweep()) + ["dropout_rate", "init_scale", "learning_rate"]) - {axis}:
+      assert len({json.dumps(r["hparams"].get(other)) for r in rows}) == 1, other
+    # ... and applied: same seed, same data, same batch, so the value is the only difference. Each value trains other
+    # parameters (another test loss after the step). The one step's train loss is measured before its update: it
+    # differs where the axis acts in the forward pass (dropout, init scale, activation), and is the same for every
+    # learning rate.
+    test_losses = [r["final"]["test_loss"] for r in rows]
+    train_losses = [r["final"]["train_loss"] for r in rows]
+    assert all(math.isfinite(v) for v in test_losses + train_losses)
+    assert len(set(test_losses)) == len(rows), test_losses
+    if axis == "learning_rate":
+      np.testing.assert_allclose(train_losses, train_losses[0], rtol=1e-6)
+    else:
+      assert len(set(train_losses)) == len(rows), train_losses
+    assert [r["hparams"] for r in out["results"]] == [r["hparams"] for r in rows]
     return
   out = loop.train_and_evaluate(c, workdir)
   for f in ("config.json", "metrics.jsonl", "results.json"):

@@ -258,7 +258,10 @@ class Conv(nn.Module):
 
 
 class ConvTranspose(nn.Module):
-  """Transposed ("fractionally strided") convolution; flax's nn.ConvTranspose with an init_scale."""
+  """Transposed ("fractionally strided") convolution; flax's nn.ConvTranspose with an init_scale. The kernel is flax's
+  [kh, kw, in, out]: the output is the input scatter-added through the kernel flipped in space, so PyTorch
+  ConvTranspose2d weights [in, out, kh, kw] load as weight.transpose(2, 3, 0, 1)[::-1, ::-1] (tests/test_layers.py
+  pins the convention against a scatter-add)."""
   features: int
   kernel_size: Sequence[int] = (3, 3)
   strides: Union[int, Sequence[int]] = 1

@@ -27,7 +27,8 @@ def plot_learning_curves(metrics_path: str, out_path: str) -> str:
     ax.set_xlabel("epoch")
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[1]:   # a run with no epoch rows yet has nothing to label
+      ax.legend()
   fig.tight_layout()
   fig.savefig(out_path, dpi=100)
   plt.close(fig)

@@ -8,6 +8,9 @@ ml_collections' flag syntax; the config is locked, so a mistyped key is an error
 checked against its row in jcnn/config.py. The same command with the same --workdir resumes an unfinished run from its
 newest checkpoint.
 
+JAX's persistent compilation cache is on (launch.compilation_cache: ~/.cache/jcnn/xla, JCNN_COMPILATION_CACHE=DIR to
+move it, =0 to turn it off), so running an experiment again skips most of its compilation.
+
 Exit status: 0 done; 2 bad input (one `error:` line naming the fix; nothing already written is touched); 3 training
 diverged; 1 a bug in jcnn (one line naming the file that holds the traceback); 130 / 143 stopped by SIGINT / SIGTERM
 after saving a checkpoint.
@@ -117,6 +120,21 @@ def _parse(argv):
   return fv, experiment
 
 
+def compilation_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache, so a second run of the same program loads it instead of compiling:
+  $JCNN_COMPILATION_CACHE, else $XDG_CACHE_HOME/jcnn/xla (~/.cache/jcnn/xla); JCNN_COMPILATION_CACHE=0 (or empty)
+  turns it off. Returns the folder, or None."""
+  path = os.environ.get("JCNN_COMPILATION_CACHE")
+  if path is None:
+    path = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jcnn", "xla")
+  if path in ("", "0", "off"):
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)   # steps and evaluations, not tiny helpers
+  return path
+
+
 def run(argv) -> int:
   """One command line (argv[0] is the program name) -> exit status. Prints what the user sees."""
   logging.set_verbosity(logging.ERROR)   # jax's backend probing and TFDS's cache notes are not the run's output
@@ -135,6 +153,7 @@ def run(argv) -> int:
         fail("no experiment given: python launch.py --experiment=NAME (one of the above)")
       return 0
     from jcnn.errors import Interrupted, UserError  # pylint: disable=g-import-not-at-top  (keeps --list fast)
+    compilation_cache()
     workdir = fv.workdir or os.path.join("runs", experiment, time.strftime("%Y%m%d-%H%M%S"))
     module = importlib.import_module(f"experiments.{experiment}")
     try:

@@ -11,6 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)   # `import jcnn` and `import experiments` without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests do not share compiled programs through ~/.cache (hermetic); tests/test_launch.py checks the cache itself.
+os.environ["JCNN_COMPILATION_CACHE"] = "0"
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
              np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}

@@ -129,3 +129,28 @@ def test_fashion_convnet_one_epoch(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["final"]["test_accuracy"] > 0.6, results
+
+
+def test_compilation_cache_default_folder_override_and_off(tmp_path):
+  """Run 1 fills the default folder ($XDG_CACHE_HOME/jcnn/xla); run 2 with the same program adds nothing (it loaded
+  every program from there); JCNN_COMPILATION_CACHE=DIR moves it; =0 writes nothing."""
+  base = {k: v for k, v in os.environ.items() if k != "JCNN_COMPILATION_CACHE"}
+  args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.train.epochs=1",
+          "--config.data.synthetic_size=(256,64)"]
+
+  def run(workdir, **env):
+    proc = subprocess.run([sys.executable, "launch.py", *args, f"--workdir={tmp_path / workdir}"], cwd=ROOT,
+                          env={**base, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "JAX_PLATFORMS": "cpu", **env},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+  default = tmp_path / "xdg" / "jcnn" / "xla"
+  run("a")
+  first = sorted(os.listdir(default))
+  assert any(name.startswith("jit_") for name in first), first       # the train step, init and evaluation
+  run("b")
+  assert sorted(os.listdir(default)) == first                         # all loaded, nothing compiled anew
+  run("c", JCNN_COMPILATION_CACHE=str(tmp_path / "moved"))   # (keys name the folder: jax puts XLA's caches in it)
+  assert any(name.startswith("jit_") for name in os.listdir(tmp_path / "moved"))
+  run("d", JCNN_COMPILATION_CACHE="0", XDG_CACHE_HOME=str(tmp_path / "xdg2"))
+  assert not (tmp_path / "xdg2" / "jcnn").exists()        # (matplotlib keeps its font cache there too)

@@ -214,17 +214,6 @@ def restore_or_init(ckpt: Checkpoints | None, init: Callable[[], Any]) -> tuple[
   return init(), {}
 
 
-def to_json(x):
-  """Epoch rows and tables for the meta: numpy values as plain floats / lists."""
-  if isinstance(x, dict):
-    return {k: to_json(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [to_json(v) for v in x]
-  if isinstance(x, (np.ndarray, np.generic, jax.Array)):
-    return np.asarray(x).tolist()
-  return x
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # A trained run, for inference and inspection.
 def load_trained(workdir: str, variant: int | None = None) -> dict:

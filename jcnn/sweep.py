@@ -215,15 +215,15 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
   """
   ds = ds or data_lib.load(config.data, seed=config.train.seed)
   swept = list(swept if swept is not None else [a for a in AXES if len({str(v[a]) for v in variants}) > 1])
-  k, per = variants_per_program(config, ds, len(variants), max_chunk, budget)
-  k = chunk or k
+  k, per = (chunk, None) if chunk else variants_per_program(config, ds, len(variants), max_chunk, budget)
   gi, g = group
   keys = (["group"] if g else []) + list(swept)
   out, fns = [], {}
   for start in range(0, len(variants), k):
     part = list(variants[start:start + k])
-    print(f"variants {start + 1}-{start + len(part)} of {len(variants)} in one program "
-          f"(chunk rule: {k} = min(max_chunk, memory budget / ~{per / 2**20:.0f} MiB per variant))", flush=True)
+    rule = f"min(max_chunk, memory budget / ~{per / 2**20:.0f} MiB per variant)" if per else "the sweep's plan"
+    print(f"variants {start + 1}-{start + len(part)} of {len(variants)} in one program (chunk rule: {k} = {rule})",
+          flush=True)
     strat = default_strategy(len(part)) if strategy == "auto" else strategy
     fns.setdefault(strat, make_group_fns(config, ds, swept, strat))
     ckpt = writer = None

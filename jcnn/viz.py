@@ -1,17 +1,13 @@
 """Plots as PNG files (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
-import json
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+from jcnn.writers import read_jsonl  # pylint: disable=g-import-not-at-top
 
 
 def plot_learning_curves(metrics_path: str, out_path: str) -> str:

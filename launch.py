@@ -1,5 +1,7 @@
 """The only entry point: python launch.py --experiment=NAME [--config.a.b=value ...] [--sweep.a=value ...]
                                          [--workdir=DIR] | --list
+                       python launch.py ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+                       srun python launch.py ... --distributed          (SLURM / Open MPI find the processes)
                        python launch.py --mode=predict --workdir=DIR --images=a.png,b.png [--top_k=3] [--variant=K]
                        python launch.py --mode=export --workdir=DIR [--format=onnx] [--variant=K]
 
@@ -99,6 +101,15 @@ def _parse(argv):
   flags.DEFINE_integer("variant", None, "--mode=predict/export on a sweep: the variant (a line of variants.jsonl, "
                        "from 0)", lower_bound=0, flag_values=fv)
   flags.DEFINE_enum("format", "onnx", ["onnx"], "--mode=export: the file format", flag_values=fv)
+  flags.DEFINE_string("coordinator_address", "", "several processes: process 0's HOST:PORT (also "
+                      "$JCNN_COORDINATOR_ADDRESS)", flag_values=fv)
+  flags.DEFINE_integer("num_processes", 0, "several processes: how many (also $JCNN_NUM_PROCESSES)", flag_values=fv)
+  flags.DEFINE_integer("process_id", -1, "several processes: this one's id, 0 to num_processes - 1 (also "
+                       "$JCNN_PROCESS_ID)", flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "several processes under SLURM or Open MPI: jax.distributed.initialize() "
+                    "finds the coordinator, count and id itself", flag_values=fv)
+  flags.DEFINE_integer("distributed_timeout", 120, "seconds to wait for the other processes", lower_bound=1,
+                       flag_values=fv)
   experiment = _argv_value(argv, "experiment")
   if experiment is not None:
     if experiment not in experiments():
@@ -157,6 +168,7 @@ def run(argv) -> int:
     workdir = fv.workdir or os.path.join("runs", experiment, time.strftime("%Y%m%d-%H%M%S"))
     module = importlib.import_module(f"experiments.{experiment}")
     try:
+      start_processes(fv)
       if hasattr(module, "main"):         # an experiment that is not a training run (gradient_flow)
         module.main(fv.config, workdir)
       elif "sweep" in fv:
@@ -181,6 +193,27 @@ def run(argv) -> int:
     return 130
   except Exception as e:  # pylint: disable=broad-except  (a bug in jcnn: one line, the traceback kept in a file)
     return report_bug(e, workdir)
+
+
+def start_processes(fv):
+  """Several processes: joins them (jcnn.mesh.initialize) before any other JAX call; nothing for one process."""
+  from jcnn import mesh  # pylint: disable=g-import-not-at-top
+  from jcnn.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  settings = mesh.settings(fv.coordinator_address, fv.num_processes, fv.process_id)
+  if settings and fv.distributed:
+    raise ConfigError("--distributed finds the processes itself (SLURM, Open MPI): drop --coordinator_address, "
+                      "--num_processes and --process_id, or drop --distributed")
+  if settings:
+    mesh.initialize(**settings, timeout_s=fv.distributed_timeout)
+  elif fv.distributed:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+      jax.distributed.initialize(initialization_timeout=fv.distributed_timeout)
+    except (ValueError, RuntimeError) as e:
+      raise ConfigError(f"--distributed found no cluster to join ({str(e).strip().splitlines()[0][:160]}); run it "
+                        f"under srun / mpirun, or pass --coordinator_address, --num_processes and --process_id") \
+          from None
 
 
 def use_trained(fv) -> int:

@@ -137,8 +137,12 @@ class Checkpoints:
     run's parameters without rebuilding its optimizer."""
     ocp = _ocp()
     where = os.path.join(self.directory, str(step))
-    try:
-      return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+    try:   # onto this process's first device, whatever devices the run was saved from (a mesh of 4, of 2 hosts)
+      saved = self._mngr.item_metadata(step)["state"]
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(saved, "tree", saved), is_leaf=lambda m: hasattr(m, "shape"))
+      return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                               meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}); it is truncated or damaged; delete "

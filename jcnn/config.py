@@ -153,6 +153,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "every_steps": Field(0, integer(0), "also save every N steps (0 = only at epoch ends and at the end)"),
         "keep": Field(2, integer(1), "checkpoints kept (the newest)"),
     },
+    "mesh": {   # jax.sharding.Mesh axes over the devices (README "Several devices and hosts"); 0 = automatic
+        "variant": Field(0, integer(0), "devices along a sweep's variant axis (each trains its share of the "
+                                        "variants; 0 = all devices for sweeps, 1 for single runs)"),
+        "data": Field(0, integer(0), "devices along the data axis (each variant's batch split across them, gradients "
+                                     "and BatchNorm statistics averaged; 0 = the devices the variant axis leaves)"),
+    },
     "writers": {
         "tensorboard": Field(True, lambda v: None if isinstance(v, bool) else "must be True or False",
                              "write TensorBoard event files under the workdir's tb/"),
@@ -161,7 +167,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # Fields a resumed run may change without changing what it computes up to where it stopped.
 RESUMABLE_CHANGES = ("description", "train.epochs", "train.log_every", "train.eval_batch_size", "checkpoint.",
-                     "writers.")
+                     "writers.", "mesh.")   # a run resumes on another device count
 
 
 def base_config() -> ml_collections.ConfigDict:

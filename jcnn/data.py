@@ -16,7 +16,7 @@ import dataclasses
 import gzip
 import os
 import struct
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -198,7 +198,7 @@ def synthetic_text(max_len: int = 400, vocab_size: int = 20000, num_classes: int
   return make(n_train) + make(n_test) + (num_classes,)
 
 
-def load_text(cfg: Mapping[str, Any], seed: int = 0) -> "Dataset":
+def load_text(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> "Dataset":
   """config.data (name, max_len, vocab_size, val_size, train_limit, test_limit) -> Dataset of token ids on the device.
   The vocabulary comes from the training split (after the validation hold-out). `synthetic_text` makes the ids
   directly (synthetic_size examples of max_len tokens below vocab_size), with no tokenizer."""
@@ -224,7 +224,6 @@ def load_text(cfg: Mapping[str, Any], seed: int = 0) -> "Dataset":
     trx, vocab = tokenize(trx, max_len, vocab_size)
     tex = tokenize(tex, max_len, vocab=vocab)[0]
     vax = tokenize(vax, max_len, vocab=vocab)[0] if vax is not None else None
-  put = jax.device_put
   return Dataset(cfg["name"], put(trx), put(try_), put(tex), put(tey), put(vax) if vax is not None else None,
                  put(vay) if vay is not None else None, num_classes,
                  {"method": "tokens", "max_len": max_len, "vocab_size": vocab_size})
@@ -280,11 +279,12 @@ def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
   return (train - shift) / div, [(o - shift) / div for o in others], stats
 
 
-def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
-  """config.data (missing fields take jcnn/config.py's defaults) -> Dataset on the device."""
+def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> Dataset:
+  """config.data (missing fields take jcnn/config.py's defaults) -> Dataset on the device. `put` places each host
+  array (jcnn.mesh.load passes one that keeps numpy arrays, to shard them over a mesh)."""
   cfg = with_defaults("data", cfg)
   if cfg["name"] in TEXT_DATASETS or cfg["name"] == "synthetic_text":
-    return load_text(cfg, seed)
+    return load_text(cfg, seed, put)
   trx, try_, tex, tey, num_classes = load_raw(cfg["name"], cfg["data_dir"], cfg["synthetic_shape"],
                                                cfg["synthetic_size"])
   if trx.ndim == 3:
@@ -306,7 +306,6 @@ def load(cfg: Mapping[str, Any], seed: int = 0) -> Dataset:
     tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
   others = [tex] + ([vax] if vax is not None else [])
   trx, others, stats = preprocess(trx, others, cfg["preprocess"])
-  put = jax.device_put
   return Dataset(cfg["name"], put(trx), put(try_), put(others[0]), put(tey),
                  put(others[1]) if vax is not None else None, put(vay) if vay is not None else None,
                  num_classes, stats)
@@ -345,9 +344,10 @@ def epoch_batches(key: jax.Array, n: int, batch_size: int) -> jax.Array:
   return jax.random.permutation(key, n)[:steps * batch_size].reshape(steps, batch_size)
 
 
-def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """All n examples in order as indices [steps, batch_size] with a mask [steps, batch_size] for the padded tail."""
-  batch_size = min(batch_size, n)
+def eval_batches(n: int, batch_size: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """All n examples in order as indices [steps, batch_size] with a mask [steps, batch_size] for the padded tail. The
+  batch is rounded up to a multiple of `multiple` (the devices it is split over; the extra rows are masked)."""
+  batch_size = -(-min(batch_size, n) // multiple) * multiple
   steps = -(-n // batch_size)
   idx = np.arange(steps * batch_size)
   return np.minimum(idx, n - 1).reshape(steps, -1), (idx < n).reshape(steps, -1)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jcnn import checkpoint, config as config_lib, data as data_lib, models, summary, writers
+from jcnn import checkpoint, config as config_lib, data as data_lib, mesh as mesh_lib, models, summary, writers
 from jcnn import train as train_lib
 from jcnn.errors import ConfigError, Diverged, Interrupted
 
@@ -57,13 +57,18 @@ class Program(NamedTuple):
   evaluate: Callable[..., dict]                           # (train_state, x, y, idx, mask) -> sums
   batches: Callable[[int], jax.Array]                     # epoch -> batches
   variants: Sequence[dict] | None = None
+  mesh: Any = None                                        # the jax.sharding.Mesh it runs on (None: default device)
 
 
-def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = ()) -> ModelFns:
+def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None) -> ModelFns:
   """The per-model functions for `config` on `ds`. Keys: split(key(seed), 3) = init, data order, dropout; the epoch's
   order is fold_in(k_data, epoch), a step's dropout key fold_in(k_dropout, step), its augmentation key
-  fold_in(k_dropout, -1 - step)."""
+  fold_in(k_dropout, -1 - step). With a mesh whose `data` axis is > 1, every batch is split over it (the step then
+  runs each device's share whole, without micro-batch chunks)."""
   tc = config.train
+  split = mesh_lib.axis(mesh, "data") > 1
+  shard = (lambda b: jax.lax.with_sharding_constraint(b, mesh_lib.by_data(mesh))) if split else (lambda b: b)
+  micro_batch = tc.batch_size if split else tc.micro_batch
   n = len(ds.train_y)
   steps_per_epoch = n // tc.batch_size
   data_lib.epoch_batches(jax.random.key(0), n, tc.batch_size)  # checks batch <= N
@@ -92,10 +97,10 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = ()) -> ModelF
     k_dropout = keys_for(h)[2]
     loss_args = {a.field: h[a.name] if a in axes else config.train[a.field]
                  for a in config_lib.SWEEP_AXES if a.section == "train"}
-    train_step = train_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=tc.micro_batch, **loss_args)
+    train_step = train_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=micro_batch, **loss_args)
     old = rs.train
-    x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - old.step), images[idx], config.data.augment)
-    new, m = train_step(old, x, labels[idx], k_dropout)
+    x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - old.step), shard(images[idx]), config.data.augment)
+    new, m = train_step(old, x, shard(labels[idx]), k_dropout)
     finite = jnp.isfinite(m["loss_sum"]) & jnp.all(jnp.asarray([jnp.isfinite(p).all()
                                                                  for p in jax.tree.leaves(new.params)]))
     ok = finite & (rs.failed_at < 0)
@@ -107,8 +112,9 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = ()) -> ModelF
     return rs.replace(train=kept, failed_at=failed_at, acc=acc)
 
   def evaluate(state, h, x, y, idx, mask):
-    eval_step = train_lib.make_eval_step(model_for(h), tc.loss, tc.micro_batch)
-    return train_lib.eval_epoch(eval_step, state, x, y, idx, mask)
+    eval_step = train_lib.make_eval_step(model_for(h), tc.loss, micro_batch)
+    return train_lib.eval_epoch(lambda s, xb, yb, m: eval_step(s, shard(xb), shard(yb), shard(m)), state, x, y, idx,
+                                mask)
 
   def batches(h, epoch):
     return data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], epoch), n, tc.batch_size)
@@ -116,16 +122,21 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = ()) -> ModelF
   return ModelFns(init, step, evaluate, batches)
 
 
-def single_program(config, ds: data_lib.Dataset) -> Program:
-  """A program without a variant axis: the model and hyperparameters of `config`."""
-  fns = model_fns(config, ds)
+def single_program(config, ds: data_lib.Dataset, mesh=None) -> Program:
+  """A program without a variant axis: the model and hyperparameters of `config`. On a mesh, its state is replicated
+  and each batch split over the `data` axis."""
+  fns = model_fns(config, ds, mesh=mesh)
   h = {k: v[0] for k, v in config_lib.variant_arrays([config_lib.variant_of(config)]).items()}
-  init = jax.jit(fns.init)
-  step = jax.jit(lambda rs, h, x, y, b: fns.step(rs, h, x, y, b[rs.train.step % b.shape[0]]), donate_argnums=0)
-  evaluate = jax.jit(fns.evaluate)
-  batches = jax.jit(fns.batches)
+  out = {} if mesh is None else {"out_shardings": mesh_lib.replicated(mesh)}
+  if mesh is not None:
+    h = {k: mesh_lib.put(v, mesh_lib.replicated(mesh)) for k, v in h.items()}
+  init = jax.jit(fns.init, **out)
+  step = jax.jit(lambda rs, h, x, y, b: fns.step(rs, h, x, y, b[rs.train.step % b.shape[0]]), donate_argnums=0,
+                 **out)
+  evaluate = jax.jit(fns.evaluate, **out)
+  batches = jax.jit(fns.batches, **out)
   return Program(init=lambda: init(h), step=lambda rs, b: step(rs, h, ds.train_x, ds.train_y, b),
-                 evaluate=lambda st, *a: evaluate(st, h, *a), batches=lambda e: batches(h, e))
+                 evaluate=lambda st, *a: evaluate(st, h, *a), batches=lambda e: batches(h, e), mesh=mesh)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,11 +169,14 @@ def _main_thread() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def _means(sums) -> dict:
-  """Metric sums (scalars or [V]) -> {'loss', 'accuracy'} as floats or lists over variants."""
-  s = jax.device_get(sums)
+def _means(sums, V: int | None = None) -> dict:
+  """Metric sums (scalars or [V]) -> {'loss', 'accuracy'} as floats or lists over variants (a collective when the
+  variants are split across processes)."""
+  s = mesh_lib.host(sums)
   count = np.maximum(np.asarray(s["count"]), 1)
   out = {"loss": np.asarray(s["loss_sum"]) / count, "accuracy": np.asarray(s["correct"]) / count}
+  if V is not None:   # a sweep's padding variants (see sweep.train_variants) are not reported
+    out = {k: v[:V] for k, v in out.items()}
   return {k: v.tolist() for k, v in out.items()}
 
 
@@ -175,16 +189,19 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
   V = None if program.variants is None else len(program.variants)
   writer = writer or writers.Writer(None)
-  zero = lambda: train_lib.zero_metrics(() if V is None else (V,))
-  eval_sets = {split: (x, y, *(jnp.asarray(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size)))
+  on_mesh = (lambda a: jnp.asarray(a)) if program.mesh is None else (
+      lambda a: mesh_lib.put(a, mesh_lib.replicated(program.mesh)))
+  eval_sets = {split: (x, y, *(on_mesh(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size,
+                                                                         mesh_lib.axis(program.mesh, "data"))))
                for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
                if x is not None}   # fixed-size batch indices, on the device once for the whole run
+  several = jax.process_count() > 1
   t_start = time.perf_counter()
 
   # ---- Restore or init: resuming is the default.
   rs, meta = checkpoint.restore_or_init(ckpt, program.init)
   history = list(meta.get("history", []))
-  step = int(np.max(jax.device_get(rs.train.step)))
+  step = int(np.max(mesh_lib.host(rs.train.step)))
   if meta:
     print(f"resumed from the checkpoint at step {step} (epoch {step // steps_per_epoch} + "
           f"{step % steps_per_epoch} steps)", flush=True)
@@ -204,8 +221,8 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
     for epoch in range(step // steps_per_epoch + 1, epochs + 1):
       batches = program.batches(epoch)                 # [steps, B] or [V, steps, B]
       first = step - (epoch - 1) * steps_per_epoch     # > 0 when resuming inside this epoch
-      if first == 0:
-        rs = rs.replace(acc=zero(), log_acc=zero())
+      if first == 0:   # zeros where the sums live (on the mesh: the same sharding)
+        rs = rs.replace(acc=jax.tree.map(jnp.zeros_like, rs.acc), log_acc=jax.tree.map(jnp.zeros_like, rs.acc))
       progress = writers.Progress(steps_per_epoch, f"epoch {epoch}/{epochs}" + (f" ({V} variants)" if V else ""),
                                   done=first)
       t_epoch = time.perf_counter()
@@ -218,27 +235,29 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
           print(f"compiled the train step in {compile_s:.1f}s (first step included)", flush=True)
           progress.restart(i + 1)
         if step % tc.log_every == 0:
-          writer.train({"step": step, "epoch": epoch, **_means(jax.tree.map(jnp.subtract, rs.acc, rs.log_acc))})
+          writer.train({"step": step, "epoch": epoch, **_means(jax.tree.map(jnp.subtract, rs.acc, rs.log_acc), V)})
           rs = rs.replace(log_acc=jax.tree.map(jnp.copy, rs.acc))
           _check_diverged(rs, V, ckpt)
-        progress.update(i + 1, lambda: {k: float(np.mean(v)) for k, v in _means(
-            jax.tree.map(lambda a: a.sum(), rs.acc)).items()})
+        progress.update(i + 1, lambda: {k: float(np.mean(v)) for k, v in _means(   # this process's variants
+            jax.tree.map(lambda a: a.sum(), mesh_lib.local(rs.acc))).items()})
         if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
           save()
-        if stop["signum"]:
+        # Several processes stop together: they agree at each logging step (one process alone checks every step).
+        if stop["signum"] if not several else (step % tc.log_every == 0 and mesh_lib.any_process(stop["signum"])):
+          stop["signum"] = stop["signum"] or signal.SIGTERM
           save()
           if ckpt is not None:
             ckpt.wait()
           raise Interrupted(stop["signum"], step, ckpt.directory if ckpt else None)
       progress.close()
 
-      train_m = _means(rs.acc)
+      train_m = _means(rs.acc, V)
       row = {"epoch": epoch, "step": step, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"]}
       for split, args in eval_sets.items():
-        m = _means(program.evaluate(rs.train, *args))
+        m = _means(program.evaluate(rs.train, *args), V)
         row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
       if V is not None:
-        row["failed_at"] = np.asarray(jax.device_get(rs.failed_at)).tolist()
+        row["failed_at"] = mesh_lib.host(rs.failed_at)[:V].tolist()
       row["epoch_seconds"] = time.perf_counter() - t_epoch
       _check_diverged(rs, V, ckpt)
       history.append(row)
@@ -250,7 +269,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
     history.append({"epoch": 0, "step": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
   if ckpt is not None:
     ckpt.wait()
-  return {"state": rs.train, "failed_at": np.asarray(jax.device_get(rs.failed_at)), "history": history,
+  return {"state": rs.train, "failed_at": mesh_lib.host(rs.failed_at), "history": history,
           "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start}
 
 
@@ -258,7 +277,7 @@ def _check_diverged(rs: RunState, V, ckpt):
   """One policy: a sweep's diverged variant is masked (it keeps its last finite state); a single run stops."""
   if V is not None:
     return
-  failed_at = int(jax.device_get(rs.failed_at))
+  failed_at = int(mesh_lib.host(rs.failed_at))
   if failed_at >= 0:
     if ckpt is not None:
       ckpt.wait()
@@ -271,7 +290,7 @@ def _check_diverged(rs: RunState, V, ckpt):
 def _variant_table(program: Program, rs: RunState) -> dict:
   if program.variants is None:
     return {}
-  failed_at = np.asarray(jax.device_get(rs.failed_at)).tolist()
+  failed_at = mesh_lib.host(rs.failed_at).tolist()
   return {"variants": [{"hparams": v, "failed_at": f} for v, f in zip(program.variants, failed_at)]}
 
 
@@ -328,11 +347,13 @@ def _get(d: dict, dotted: str):
   return d
 
 
-def write_config(workdir: str, config, resumed: bool, extra: dict | None = None):
-  """config.json: the resolved config, the run record (versions, device, commit), and each resume's record."""
+def write_config(workdir: str, config, resumed: bool, extra: dict | None = None, mesh=None):
+  """config.json: the resolved config, the run record (versions, device, commit, mesh), and each resume's record."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   record = writers.run_record()
+  if mesh is not None:
+    record["mesh"] = mesh_lib.describe(mesh)
   out = {"config": json.loads(config.to_json_best_effort()),
          **{k: json.loads(v.to_json_best_effort()) for k, v in (extra or {}).items()}, "record": record}
   if resumed:
@@ -345,17 +366,24 @@ def write_config(workdir: str, config, resumed: bool, extra: dict | None = None)
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains config.model on config.data in `workdir`, resuming from its newest checkpoint if it holds an unfinished
-  run of the same config. Writes config.json, metrics.jsonl, tb/, checkpoints/, results.json and curves.png."""
+  run of the same config. Writes config.json, metrics.jsonl, tb/, checkpoints/, results.json and curves.png (with
+  several processes: process 0 writes, all of them checkpoint)."""
   config_lib.check_config(config)
+  mesh = mesh_lib.make(config)
   resumed = prepare_workdir(workdir, config, "results.json")
-  ds = data_lib.load(config.data, seed=config.train.seed)
+  mesh_lib.sync("workdir checked")   # before process 0 writes config.json, every process has looked at the workdir
+  main = mesh_lib.is_main()
+  print(mesh_lib.line(mesh), flush=True)
+  ds = mesh_lib.load(config.data, mesh, seed=config.train.seed)
   model = models.get(config.model, num_classes=ds.num_classes)
-  program = single_program(config, ds)
+  program = single_program(config, ds, mesh)
   jax.eval_shape(program.init)   # a model that cannot take the data's shape says so (ShapeError) before any file
-  print(summary.summary(model, ds.image_shape, input_dtype=ds.train_x.dtype))
-  write_config(workdir, config, resumed)
+  if main:
+    print(summary.summary(model, ds.image_shape, input_dtype=ds.train_x.dtype))
+    write_config(workdir, config, resumed, mesh=mesh)
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
-  writer = writers.Writer(workdir, tensorboard=config.writers.tensorboard, resume_step=ckpt.latest_step() or 0)
+  writer = writers.Writer(workdir if main else None, tensorboard=config.writers.tensorboard,
+                          resume_step=ckpt.latest_step() or 0)
   try:
     out = run(program, ds, config, ckpt=ckpt, writer=writer)
   finally:
@@ -368,7 +396,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "params": summary.count_params(out["state"].params), "epochs": config.train.epochs,
              "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
              "train_images_per_second": steps_per_epoch * config.train.batch_size * len(
-                 [h for h in history if "epoch_seconds" in h]) / max(train_s, 1e-9)}
-  writers.write_run(workdir, results)
-  print(f"results: {os.path.join(workdir, 'results.json')}")
+                 [h for h in history if "epoch_seconds" in h]) / max(train_s, 1e-9), "mesh": mesh_lib.describe(mesh)}
+  if main:
+    writers.write_run(workdir, results)
+    print(f"results: {os.path.join(workdir, 'results.json')}")
   return {"results": results, "state": out["state"], "history": history}

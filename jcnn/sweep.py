@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jcnn import checkpoint, config as config_lib, data as data_lib, loop, models, summary, writers
+from jcnn import checkpoint, config as config_lib, data as data_lib, loop, mesh as mesh_lib, models, summary
+from jcnn import writers
 from jcnn import train as train_lib
 from jcnn.errors import ConfigError
 
@@ -153,10 +154,12 @@ class GroupFns(NamedTuple):
   batches: Callable
 
 
-def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto") -> GroupFns:
-  """loop.model_fns lifted over the variant axis by `strategy`, jitted."""
+def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
+                   mesh=None) -> GroupFns:
+  """loop.model_fns lifted over the variant axis by `strategy`, jitted. On a mesh, the variant axis is split over its
+  `variant` devices (each runs the strategy on its own V / variant variants) and every batch over `data`."""
   strategy = default_strategy() if strategy == "auto" else strategy
-  fns = loop.model_fns(config, ds, swept)
+  fns = loop.model_fns(config, ds, swept, mesh)
   take = train_lib.take
 
   def rows(rs, b):  # [V, steps, B] epoch orders -> [V, B]: each variant's batch at its own step
@@ -166,12 +169,11 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     return jax.lax.map(lambda v: fns.evaluate(*take((s, h), v), x, y, i, m), jnp.arange(h["seed"].shape[0]))
 
   if strategy == "vmap":
-    init = jax.jit(jax.vmap(fns.init))
-    step = jax.jit(lambda rs, h, x, y, b: jax.vmap(fns.step, in_axes=(0, 0, None, None, 0))(rs, h, x, y, rows(rs, b)),
-                   donate_argnums=0)
-    evaluate = jax.jit(jax.vmap(fns.evaluate, in_axes=(0, 0, None, None, None, None)))
+    init = jax.vmap(fns.init)
+    step = lambda rs, h, x, y, b: jax.vmap(fns.step, in_axes=(0, 0, None, None, 0))(rs, h, x, y, rows(rs, b))
+    evaluate = jax.vmap(fns.evaluate, in_axes=(0, 0, None, None, None, None))
   elif strategy == "map":  # a loop over the variants inside one program: compiled once, whatever V
-    def map_step(rs, h, x, y, b):
+    def step(rs, h, x, y, b):
       idx = rows(rs, b)
 
       def body(carry, i):
@@ -179,39 +181,65 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
         return jax.tree.map(lambda t, o: t.at[i].set(o), carry, fns.step(r, hi, x, y, ii)), None
       return jax.lax.scan(body, rs, jnp.arange(idx.shape[0]))[0]
 
-    init, step, evaluate = jax.jit(lambda h: jax.lax.map(fns.init, h)), jax.jit(map_step, donate_argnums=0), \
-        jax.jit(map_eval)
+    init, evaluate = lambda h: jax.lax.map(fns.init, h), map_eval
   elif strategy == "unroll":  # the variants' steps written out one after another (compile time grows with V)
-    def unroll_step(rs, h, x, y, b):
+    def step(rs, h, x, y, b):
       idx = rows(rs, b)
       outs = [fns.step(*jax.tree.map(lambda t: t[i], (rs, h)), x, y, idx[i]) for i in range(idx.shape[0])]
       return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
-    init, step, evaluate = jax.jit(lambda h: jax.lax.map(fns.init, h)), jax.jit(unroll_step, donate_argnums=0), \
-        jax.jit(map_eval)
+    init, evaluate = lambda h: jax.lax.map(fns.init, h), map_eval
   else:
     raise ConfigError(f"sweep.strategy={strategy!r}: must be one of auto, vmap, map, unroll")
-  batches = jax.jit(jax.vmap(fns.batches, in_axes=(0, None)))
-  return GroupFns(init, step, evaluate, batches)
+  batches = jax.vmap(fns.batches, in_axes=(0, None))
+  dv = 1 if mesh is None else int(mesh.shape["variant"])
+  if dv > 1:   # [V] -> [dv, V / dv]: each device's block of variants, run by the strategy
+    init, step, evaluate, batches = (per_device(f, dv, args) for f, args in
+                                     ((init, (0,)), (step, (0, 1, 4)), (evaluate, (0, 1)), (batches, (0,))))
+  out = {} if mesh is None else {"out_shardings": mesh_lib.by_variant(mesh)}
+  return GroupFns(jax.jit(init, **out), jax.jit(step, donate_argnums=0, **out), jax.jit(evaluate, **out),
+                  jax.jit(batches, **out))
 
 
-def program(fns: GroupFns, ds: data_lib.Dataset, variants: Sequence[dict]) -> loop.Program:
+def per_device(f: Callable, dv: int, variant_args: Sequence[int]) -> Callable:
+  """f over stacked variants [V, ...] -> the same over [dv, V / dv, ...], vmapped over the first axis, which the
+  partitioner splits over the mesh's `variant` devices (the reshape keeps each device's contiguous block local)."""
+  def g(*args):
+    split = lambda t: jax.tree.map(lambda a: a.reshape((dv, a.shape[0] // dv) + a.shape[1:]), t)
+    args = [split(a) if i in variant_args else a for i, a in enumerate(args)]
+    out = jax.vmap(f, in_axes=[0 if i in variant_args else None for i in range(len(args))],
+                   spmd_axis_name="variant")(*args)
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+  return g
+
+
+def padded(variants: Sequence[dict], multiple: int) -> list[dict]:
+  """The variants plus copies of the last one up to a multiple of `multiple` (the mesh's variant axis): the copies
+  train alongside and are dropped from every result."""
+  return list(variants) + [variants[-1]] * (-len(variants) % multiple)
+
+
+def program(fns: GroupFns, ds: data_lib.Dataset, variants: Sequence[dict], mesh=None, pad_to: int = 1
+            ) -> loop.Program:
   """The loop's program for these variants: the group's functions with their hyperparameters and the data bound."""
-  hp = config_lib.variant_arrays(variants)
+  hp = config_lib.variant_arrays(padded(variants, pad_to))
+  if mesh is not None:
+    hp = {k: mesh_lib.put(v, mesh_lib.by_variant(mesh)) for k, v in hp.items()}
   return loop.Program(init=lambda: fns.init(hp), step=lambda rs, b: fns.step(rs, hp, ds.train_x, ds.train_y, b),
                       evaluate=lambda st, *a: fns.evaluate(st, hp, *a), batches=lambda e: fns.batches(hp, e),
-                      variants=list(variants))
+                      variants=list(variants), mesh=mesh)
 
 
 def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None = None,
                    swept: Sequence[str] | None = None, max_chunk: int = 0, strategy: str = "auto",
                    budget: int | None = None, workdir: str | None = None, group: tuple[int, str] = (0, ""),
-                   chunk: int | None = None) -> list[dict]:
+                   chunk: int | None = None, mesh=None, pad_to: int = 1) -> list[dict]:
   """Trains `variants` (dicts as variants_of makes) of one config, in programs of as many variants as fit in memory.
 
   With a workdir, each program checkpoints into workdir/checkpoints/<group>-<first variant>/ and resumes from there,
   and writes metrics.jsonl rows and TensorBoard runs per variant. Returns one dict per variant: its hyperparameters,
-  failed flag and step, final metrics, per-epoch curves, and parameters.
+  failed flag and step, final metrics, per-epoch curves, and parameters. On a mesh, each program's variants are
+  padded to a multiple of `pad_to` (the variant axis it was planned for: see `padded`).
   """
   ds = ds or data_lib.load(config.data, seed=config.train.seed)
   swept = list(swept if swept is not None else [a for a in AXES if len({str(v[a]) for v in variants}) > 1])
@@ -222,20 +250,23 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
   for start in range(0, len(variants), k):
     part = list(variants[start:start + k])
     rule = f"min(max_chunk, memory budget / ~{per / 2**20:.0f} MiB per variant)" if per else "the sweep's plan"
-    print(f"variants {start + 1}-{start + len(part)} of {len(variants)} in one program (chunk rule: {k} = {rule})",
-          flush=True)
+    pad = -len(part) % pad_to
+    print(f"variants {start + 1}-{start + len(part)} of {len(variants)} in one program (chunk rule: {k} = {rule})"
+          + (f"; {pad} padding cop{'y' if pad == 1 else 'ies'} of the last variant fill the variant axis" if pad
+             else ""), flush=True)
     strat = default_strategy(len(part)) if strategy == "auto" else strategy
-    fns.setdefault(strat, make_group_fns(config, ds, swept, strat))
+    fns.setdefault(strat, make_group_fns(config, ds, swept, strat, mesh))
     ckpt = writer = None
     if workdir is not None:
       name = f"{gi}-{start}"
       ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints", name), config.checkpoint.keep)
       named = [(writers.variant_name(dict(v, group=g) if g else v, keys), gi * len(variants) + start + j)
                for j, v in enumerate(part)]
-      writer = writers.Writer(workdir, variants=named, tensorboard=config.writers.tensorboard,
-                              resume_step=ckpt.latest_step() or 0, program=name)
+      writer = writers.Writer(workdir if mesh_lib.is_main() else None, variants=named,
+                              tensorboard=config.writers.tensorboard, resume_step=ckpt.latest_step() or 0,
+                              program=name)
     try:
-      res = loop.run(program(fns[strat], ds, part), ds, config, ckpt=ckpt, writer=writer)
+      res = loop.run(program(fns[strat], ds, part, mesh, pad_to), ds, config, ckpt=ckpt, writer=writer)
     finally:
       if writer is not None:
         writer.close()
@@ -311,32 +342,49 @@ def run_sweep(config, sweep, workdir: str) -> dict:
     raise ConfigError(f"sweep.strategy={sweep.strategy!r}: must be one of auto, vmap, map, unroll")
   keys = (["group"] if groups != [""] else []) + swept
   resumed = loop.prepare_workdir(workdir, config, "summary.json", extra={"sweep": sweep})
-  ds = data_lib.load(config.data, seed=config.train.seed)
-  for c in configs:
-    jax.eval_shape(loop.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot take the data
-  loop.write_config(workdir, config, resumed, extra={"sweep": sweep})
+  mesh_lib.sync("workdir checked")   # before process 0 writes, every process has looked at the workdir
+  main = mesh_lib.is_main()
   plan_path = os.path.join(workdir, "checkpoints", "plan.json")   # variants per program, kept for resuming
   plan = json.load(open(plan_path)) if resumed and os.path.exists(plan_path) else {}
-  print(f"sweep: {len(groups)} group(s) x {len(variants)} variants ({', '.join(swept) or 'seeds'} x "
-        f"{sweep.seeds} seeds)", flush=True)
+  host_ds = data_lib.load(config.data, seed=config.train.seed, put=np.asarray)
+  for gi, c in enumerate(configs):
+    jax.eval_shape(loop.single_program(c, host_ds).init)   # ShapeError, before any file, if a model cannot take it
+    if str(gi) not in plan:
+      plan[str(gi)] = variants_per_program(c, host_ds, len(variants), sweep.max_chunk)[0]
+  # One mesh for the sweep. A new sweep: variant axis from the chunk size; its programs' variants are padded to a
+  # multiple of it (plan 'pad_to'). A resumed one keeps that padding, so its checkpoints keep their shapes on any
+  # device count whose variant axis divides them.
+  if "pad_to" in plan:
+    rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
+            for s in range(0, len(variants), plan[str(gi)])]
+    mesh = mesh_lib.make(config, n_variants=min(rows), divide=int(np.gcd.reduce(rows)))
+  else:
+    mesh = mesh_lib.make(config, n_variants=min(plan[str(gi)] for gi in range(len(configs))))
+    plan["pad_to"] = int(mesh.shape["variant"])
+  print(mesh_lib.line(mesh), flush=True)
+  ds = mesh_lib.load(config.data, mesh, seed=config.train.seed)
+  if main:
+    loop.write_config(workdir, config, resumed, extra={"sweep": sweep}, mesh=mesh)
+    os.makedirs(os.path.dirname(plan_path), exist_ok=True)
+    writers.write_json(plan_path, plan)
+    print(f"sweep: {len(groups)} group(s) x {len(variants)} variants ({', '.join(swept) or 'seeds'} x "
+          f"{sweep.seeds} seeds)", flush=True)
   results = []
   for gi, (g, cfg) in enumerate(zip(groups, configs)):
     if g:
       print(f"group {g}", flush=True)
     model = models.get(cfg.model, num_classes=ds.num_classes)
-    print(summary.summary(model, ds.image_shape, flops=False, input_dtype=ds.train_x.dtype))
-    if str(gi) not in plan:
-      plan[str(gi)] = variants_per_program(cfg, ds, len(variants), sweep.max_chunk)[0]
-      os.makedirs(os.path.dirname(plan_path), exist_ok=True)
-      writers.write_json(plan_path, plan)
+    if main:
+      print(summary.summary(model, ds.image_shape, flops=False, input_dtype=ds.train_x.dtype))
     for r in train_variants(cfg, variants, ds, swept, sweep.max_chunk, sweep.strategy, workdir=workdir,
-                            group=(gi, g), chunk=plan[str(gi)]):
+                            group=(gi, g), chunk=plan[str(gi)], mesh=mesh, pad_to=plan["pad_to"]):
       r["hparams"] = dict(r["hparams"], group=g) if g else r["hparams"]
       r.pop("params")
       results.append(r)
   rows = aggregate(results, keys)
   table = markdown_table(rows, keys)
-  writers.write_sweep(workdir, results, rows, table, keys)
-  print(table)
-  print(f"results: {workdir}/summary.md (.csv, .json), variants.jsonl, *.png")
+  if main:
+    writers.write_sweep(workdir, results, rows, table, keys)
+    print(table)
+    print(f"results: {workdir}/summary.md (.csv, .json), variants.jsonl, *.png")
   return {"results": results, "rows": rows, "table": table}

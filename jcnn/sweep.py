@@ -193,24 +193,23 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
     raise ConfigError(f"sweep.strategy={strategy!r}: must be one of auto, vmap, map, unroll")
   batches = jax.vmap(fns.batches, in_axes=(0, None))
   dv = 1 if mesh is None else int(mesh.shape["variant"])
-  if dv > 1:   # [V] -> [dv, V / dv]: each device's block of variants, run by the strategy
-    init, step, evaluate, batches = (per_device(f, dv, args) for f, args in
-                                     ((init, (0,)), (step, (0, 1, 4)), (evaluate, (0, 1)), (batches, (0,))))
+  if dv > 1:   # each device runs the strategy on its own block of V / dv variants
+    init, step, evaluate, batches = (per_device(f, mesh, args, n) for f, args, n in
+                                     ((init, (0,), 1), (step, (0, 1, 4), 5), (evaluate, (0, 1), 6),
+                                      (batches, (0,), 2)))
   out = {} if mesh is None else {"out_shardings": mesh_lib.by_variant(mesh)}
   return GroupFns(jax.jit(init, **out), jax.jit(step, donate_argnums=0, **out), jax.jit(evaluate, **out),
                   jax.jit(batches, **out))
 
 
-def per_device(f: Callable, dv: int, variant_args: Sequence[int]) -> Callable:
-  """f over stacked variants [V, ...] -> the same over [dv, V / dv, ...], vmapped over the first axis, which the
-  partitioner splits over the mesh's `variant` devices (the reshape keeps each device's contiguous block local)."""
-  def g(*args):
-    split = lambda t: jax.tree.map(lambda a: a.reshape((dv, a.shape[0] // dv) + a.shape[1:]), t)
-    args = [split(a) if i in variant_args else a for i, a in enumerate(args)]
-    out = jax.vmap(f, in_axes=[0 if i in variant_args else None for i in range(len(args))],
-                   spmd_axis_name="variant")(*args)
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
-  return g
+def per_device(f: Callable, mesh, variant_args: Sequence[int], n_args: int) -> Callable:
+  """f over stacked variants [V, ...] -> the same with the variant axis split over the mesh's `variant` devices:
+  each device runs f itself on its contiguous block of V / variant rows (jax.shard_map, manual over `variant` only:
+  the `data` axis stays with the partitioner). Each device's program is the unsharded one on fewer variants, so a
+  variant computes what it computes in the unsharded sweep."""
+  specs = tuple(mesh_lib.P("variant") if i in variant_args else mesh_lib.P() for i in range(n_args))
+  return jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=mesh_lib.P("variant"), axis_names={"variant"},
+                       check_vma=False)
 
 
 def padded(variants: Sequence[dict], multiple: int) -> list[dict]:

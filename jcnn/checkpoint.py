@@ -62,13 +62,16 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"cannot open checkpoint folder {self.directory}: {_first_line(e)}; check the path and "
                             f"its permissions, or pass a new --workdir") from None
+    self._existing = set(self._mngr.all_steps())   # a resumed run does not save its restored step again
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
   def save(self, step: int, state: Any, meta: dict) -> bool:
     """Saves unless this step is saved already. A full disk raises CheckpointError; the previous step stays."""
-    if step == self.last_saved or step in self._mngr.all_steps():
+    # Only the steps on disk when the folder was opened count: with several processes, process 0 may commit a step
+    # before another process asks, and every process must take part in each save.
+    if step == self.last_saved or step in self._existing:
       return False
     ocp = _ocp()
     meta = dict(meta, jcnn=FORMAT, step=int(step))

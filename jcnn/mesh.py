@@ -191,6 +191,14 @@ def sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
+def from_process_0(value: int) -> int:
+  """Process 0's value on every process (a collective with several processes)."""
+  if jax.process_count() == 1:
+    return int(value)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+
+
 def any_process(flag: bool) -> bool:
   """True when `flag` is True on any process (a collective with several processes)."""
   if jax.process_count() == 1:

@@ -98,7 +98,7 @@ def apply_group(config, group: str):
 # Memory: how many variants one program may hold.
 def device_memory_budget() -> int:
   """Half of the free memory of the default device (GPU/TPU: from memory_stats; CPU: available RAM)."""
-  dev = jax.devices()[0]
+  dev = jax.local_devices()[0]
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
   if stats and "bytes_limit" in stats:
     return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
@@ -348,8 +348,8 @@ def run_sweep(config, sweep, workdir: str) -> dict:
   host_ds = data_lib.load(config.data, seed=config.train.seed, put=np.asarray)
   for gi, c in enumerate(configs):
     jax.eval_shape(loop.single_program(c, host_ds).init)   # ShapeError, before any file, if a model cannot take it
-    if str(gi) not in plan:
-      plan[str(gi)] = variants_per_program(c, host_ds, len(variants), sweep.max_chunk)[0]
+    if str(gi) not in plan:   # every process takes process 0's figure (their memory may differ)
+      plan[str(gi)] = mesh_lib.from_process_0(variants_per_program(c, host_ds, len(variants), sweep.max_chunk)[0])
   # One mesh for the sweep. A new sweep: variant axis from the chunk size; its programs' variants are padded to a
   # multiple of it (plan 'pad_to'). A resumed one keeps that padding, so its checkpoints keep their shapes on any
   # device count whose variant axis divides them.

@@ -212,10 +212,14 @@ def first_shape_mismatch(saved, target) -> str | None:
   return None
 
 
-def restore_or_init(ckpt: Checkpoints | None, init: Callable[[], Any]) -> tuple[Any, dict]:
-  """The newest checkpoint's (state, meta), or (init(), {}) when there is none (or no checkpoints are kept)."""
+def restore_or_init(ckpt: Checkpoints | None, init: Callable[[], Any], sharding=None) -> tuple[Any, dict]:
+  """The newest checkpoint's (state, meta), or (init(), {}) when there is none (or no checkpoints are kept). Every
+  array is restored with `sharding` (default: this process's first device), whatever devices it was saved from: a
+  run saved on 4 devices resumes on 1, and the reverse."""
   if ckpt is not None:
-    restored = ckpt.restore(jax.eval_shape(init))
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), jax.eval_shape(init))
+    restored = ckpt.restore(abstract)
     if restored is not None:
       return restored
   return init(), {}

@@ -199,7 +199,9 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   t_start = time.perf_counter()
 
   # ---- Restore or init: resuming is the default.
-  rs, meta = checkpoint.restore_or_init(ckpt, program.init)
+  where = None if program.mesh is None else (
+      mesh_lib.replicated(program.mesh) if V is None else mesh_lib.by_variant(program.mesh))
+  rs, meta = checkpoint.restore_or_init(ckpt, program.init, where)
   history = list(meta.get("history", []))
   step = int(np.max(mesh_lib.host(rs.train.step)))
   if meta:

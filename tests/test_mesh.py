@@ -177,11 +177,13 @@ def test_checkpoints_resume_on_another_device_count(runs, tmp_path):
   variant=2 x data=2); both end where the uninterrupted 1-device runs end."""
   w = str(tmp_path / "single")
   launch([*SINGLE, "--config.train.epochs=1"], w, devices=4)
+  os.remove(os.path.join(w, "results.json"))   # as if stopped after its epoch-1 checkpoint
   proc = launch(SINGLE, w, devices=1)
   assert "resumed from the checkpoint at step 4" in proc.stdout
   assert max_diff(state(runs("single_1")[0])["params"], state(w)["params"]) < TOL
   w = str(tmp_path / "sweep")
   launch([*SWEEP, "--config.train.epochs=1"], w, devices=1)
+  os.remove(os.path.join(w, "summary.json"))
   proc = launch(SWEEP, w, devices=4)
   assert "resumed from the checkpoint at step 4" in proc.stdout and "mesh: variant=2 x data=2" in proc.stdout
   assert max_diff(state(runs("sweep_1")[0])["params"], state(w)["params"]) < TOL

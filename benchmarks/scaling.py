@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+IN_FLIGHT = 8   # steps queued at most (as loop.run): XLA:CPU collectives over forced devices stall with more
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -55,6 +57,8 @@ def measure(axis: str, batch: int, variants: int, windows: int, window_s: float)
     while time.perf_counter() - t < window_s:
       rs = program.step(rs, b)
       n += 1
+      if n % IN_FLIGHT == 0:
+        jax.block_until_ready(rs.acc)
     jax.block_until_ready(rs.acc)
     rates.append(n * per_step / (time.perf_counter() - t))
   return {"axis": axis, "devices": len(jax.devices()), "mesh": mesh_lib.describe(mesh),

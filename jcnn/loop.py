@@ -30,6 +30,9 @@ from jcnn import train as train_lib
 from jcnn.errors import ConfigError, Diverged, Interrupted
 
 
+# Steps queued at most on a CPU mesh of several devices: XLA:CPU's collectives over forced host devices stalled
+# (a 40 s rendezvous timeout, then an abort) with a whole epoch queued on 2 busy cores (benchmarks/scaling.py).
+IN_FLIGHT = 8
 MIN_FREE_BYTES = 64 << 20   # a new run's workdir must have this much room (checkpoints of the zoo's small models fit)
 
 
@@ -196,6 +199,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
                for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
                if x is not None}   # fixed-size batch indices, on the device once for the whole run
   several = jax.process_count() > 1
+  throttle = program.mesh is not None and program.mesh.devices.size > 1 and program.mesh.devices.flat[0].platform == "cpu"
   t_start = time.perf_counter()
 
   # ---- Restore or init: resuming is the default.
@@ -231,6 +235,8 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       for i in range(first, steps_per_epoch):
         rs = program.step(rs, batches)
         step += 1
+        if throttle and step % IN_FLIGHT == 0:
+          jax.block_until_ready(rs.acc)
         if compile_s is None:
           jax.block_until_ready(rs.acc)
           compile_s = time.perf_counter() - t_epoch

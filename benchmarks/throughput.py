@@ -3,6 +3,7 @@
   python benchmarks/throughput.py                       # convnet b64, convnet b256, resnet20 b128; 7 windows
   python benchmarks/throughput.py --quick               # convnet b64 only, 5 short windows
   python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=throughput.json
+  python benchmarks/throughput.py --models=convnet:64,resnet20:128 --dtype=float32,bfloat16,float16   # mixed precision
 
 jcnn runs its real path: the one loop's program step (`loop.single_program`: `make_train_step` inside the per-model
 step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident
@@ -14,7 +15,8 @@ fair, absolute numbers less so). Compile time is reported apart. jcnn's step run
 (`train.micro_batch_size`: 16 examples on CPU for models without BatchNorm); where that differs from the whole batch,
 the same step on the whole batch at once is timed too ('whole-batch' columns): what chunking gains. Achieved GFLOP/s
 use forward FLOPs from `jcnn.summary.flops_per_example` (x3 for training) against a 2048^3 float32 jnp matmul
-measured in the same windows.
+measured in the same windows. `--dtype` (config.train.dtype) sets jcnn's compute dtype; more than one (a comma list)
+times each further dtype's train and eval steps in the same windows and reports its rate against the first's.
 """
 from __future__ import annotations
 
@@ -105,16 +107,16 @@ def torch_optimizer(cfg, params):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int = 0):
+def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int = 0, dtype: str = "float32"):
   model_cfg, shape, optim_cfg = CASES[name]
   config = config_lib.base_config()
   config.model.update(model_cfg)
   config.optim.update(optim_cfg)
-  config.train.batch_size, config.train.micro_batch = batch, micro_batch
+  config.train.batch_size, config.train.micro_batch, config.train.dtype = batch, micro_batch, dtype
   ds = data_lib.Dataset(name, images, labels, images[:batch], labels[:batch], None, None, 10, {})
   program = loop.single_program(config, ds)              # the step loop.run calls
   model = models.get(config.model, num_classes=10)
-  eval_step = train.make_eval_step(model, micro_batch=micro_batch)
+  eval_step = train.make_eval_step(model, micro_batch=micro_batch, dtype=dtype)
 
   @jax.jit
   def run_eval(state, images, labels, batches, i):
@@ -200,21 +202,27 @@ def with_threads(fn, n):
   return f
 
 
-def run_case(name, batch, windows, window_s, mm, torch_threads):
+def run_case(name, batch, windows, window_s, mm, torch_threads, dtypes=("float32",)):
   import torch  # pylint: disable=g-import-not-at-top
   shape = CASES[name][1]
   rng = np.random.default_rng(0)
   x = rng.random((N_IMAGES,) + shape, np.float32)
   y = rng.integers(0, 10, N_IMAGES).astype(np.int32)
   order = rng.permutation(N_IMAGES)[: (N_IMAGES // batch) * batch].reshape(-1, batch)
-  j_train, j_eval, j_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order))
+  j_train, j_eval, j_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order),
+                                       dtype=dtypes[0])
   t_train, t_eval, t_info = build_torch(name, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                         torch.from_numpy(y.astype(np.int64)), torch.from_numpy(order.astype(np.int64)))
   fns = {"jcnn_train": j_train, "jcnn_eval": j_eval}
   chunk = j_info["train_chunk"]
   if chunk != batch:  # the same step on the whole batch at once, for the record of what chunking gains
-    w_train, w_eval, w_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), batch)
+    w_train, w_eval, w_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), batch,
+                                         dtype=dtypes[0])
     fns.update({"jcnn_whole_train": w_train, "jcnn_whole_eval": w_eval})
+  for d in dtypes[1:]:   # further compute dtypes, in the same windows
+    d_train, d_eval, d_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), dtype=d)
+    fns.update({f"jcnn_train@{d}": d_train, f"jcnn_eval@{d}": d_eval})
+    j_info[f"compile_train_s@{d}"] = d_info["compile_train_s"]
   for n in torch_threads:   # PyTorch at each thread count; the ratio is against its best in each window
     fns[f"torch{n}_train"], fns[f"torch{n}_eval"] = with_threads(t_train, n), with_threads(t_eval, n)
   for f in fns.values():    # warm-up (first jcnn call also pays its last lazy init)
@@ -232,7 +240,11 @@ def run_case(name, batch, windows, window_s, mm, torch_threads):
   ratio = {m: float(np.median(np.array(rates[f"jcnn_{m}"]) / np.array(rates[f"torch_{m}"]))) for m in ("train", "eval")}
   flops = j_info["forward_flops_per_image"]
   matmul = float(np.median(mm_rates))
-  return {"model": name, "batch": batch, "train_chunk": chunk, "images_per_s": med, "ratio_jcnn_over_torch": ratio,
+  by_dtype = {d: {m: float(np.median(np.array(rates[f"jcnn_{m}@{d}"]) / np.array(rates[f"jcnn_{m}"])))
+                  for m in ("train", "eval")} for d in dtypes[1:]}   # median per-window ratio to dtypes[0]
+  return {"model": name, "batch": batch, "train_chunk": chunk, "dtype": dtypes[0], "ratio_over_first_dtype": by_dtype,
+          "compile_train_s_by_dtype": {d: j_info[f"compile_train_s@{d}"] for d in dtypes[1:]},
+          "images_per_s": med, "ratio_jcnn_over_torch": ratio,
           "windows": {k: [round(v, 1) for v in vs] for k, vs in rates.items()}, "steps_per_window": steps,
           "compile_train_s": j_info["compile_train_s"], "compile_eval_s": j_info["compile_eval_s"],
           "params_jcnn": j_info["params"], "params_torch": t_info["params"], "forward_mflops_per_image": flops / 1e6,
@@ -264,6 +276,8 @@ def main(argv=None):
   p.add_argument("--torch_threads", default="", help="comma list of PyTorch thread counts to time (default 1 and "
                  "the core count); ratios are against the best per window: on a loaded machine PyTorch's OpenMP at 2 "
                  "threads can collapse (measured 113 img/s vs 1,546 at 1 thread)")
+  p.add_argument("--dtype", default="float32", help="jcnn's compute dtype (config.train.dtype); a comma list times "
+                 "each further dtype against the first in the same windows")
   p.add_argument("--out", default="", help="write the results as JSON here")
   args = p.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
@@ -283,7 +297,7 @@ def main(argv=None):
       print(f"skipping {item}: {e}", flush=True)
       continue
     print(f"measuring {item} ...", flush=True)
-    rows.append(run_case(name, int(batch), windows, window_s, mm, torch_threads))
+    rows.append(run_case(name, int(batch), windows, window_s, mm, torch_threads, tuple(args.dtype.split(","))))
   print(f"\njax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} (best of {torch_threads} "
         f"threads per window), "
         f"{os.cpu_count()} cores; {windows} windows of ~{window_s}s, medians; ratio = median of per-window ratios")
@@ -297,6 +311,14 @@ def main(argv=None):
           f"{q['train']:6.2f} | {m['jcnn_eval']:9.0f} {m['torch_eval']:10.0f} {q['eval']:6.2f} | "
           f"{r['compile_train_s']:9.1f} | {r['gflops']['jcnn_train']:13.1f} "
           f"{r['fraction_of_matmul']['jcnn_train']:9.0%} | {whole:>23s}")
+  for r in rows:
+    if r["ratio_over_first_dtype"]:
+      m = r["images_per_s"]
+      print(f"{r['model']} batch {r['batch']}, compute dtype against {r['dtype']} ({m['jcnn_train']:.0f} train, "
+            f"{m['jcnn_eval']:.0f} eval img/s): " + "; ".join(
+                f"{d} {m[f'jcnn_train@{d}']:.0f} train ({q['train']:.2f}x), {m[f'jcnn_eval@{d}']:.0f} eval "
+                f"({q['eval']:.2f}x), compile {r['compile_train_s_by_dtype'][d]:.1f}s"
+                for d, q in r["ratio_over_first_dtype"].items()))
   if rows:
     print(f"float32 matmul 2048^3: {np.median([r['matmul_gflops'] for r in rows]):.1f} GFLOP/s (median over windows)")
   if args.out:

@@ -97,6 +97,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 LOSSES = ("cross_entropy", "mse")
 PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
+DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train.py, "Mixed precision")
 
 # ----------------------------------------------------------------------------------------------------------------
 # The schema. Model sections may hold further fields of their model (features, dense, pool, ...): the model's
@@ -135,6 +136,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
         "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: 16 on CPU without "
                                             "BatchNorm, else the whole batch)"),
+        "dtype": Field("float32", choice(*DTYPES), "compute dtype of the forward and backward passes; parameters, "
+                                                   "optimizer state, BatchNorm statistics and the loss stay float32; "
+                                                   "float16 adds dynamic loss scaling (float32 is fastest on CPU)"),
         "log_every": Field(100, integer(1), "steps between train rows of metrics.jsonl and TensorBoard"),
         "eval_batch_size": Field(1000, integer(1), "examples per evaluation batch"),
     },

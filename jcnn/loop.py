@@ -87,7 +87,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
 
   def init(h):
-    state = train_lib.init_state(model_for(h), tx, keys_for(h)[0], sample)
+    state = train_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype)
     opt_state = state.opt_state
     for a in axes:
       if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state
@@ -100,12 +100,14 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     k_dropout = keys_for(h)[2]
     loss_args = {a.field: h[a.name] if a in axes else config.train[a.field]
                  for a in config_lib.SWEEP_AXES if a.section == "train"}
-    train_step = train_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=micro_batch, **loss_args)
+    train_step = train_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=micro_batch, dtype=tc.dtype,
+                                           **loss_args)
     old = rs.train
     x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - old.step), shard(images[idx]), config.data.augment)
     new, m = train_step(old, x, shard(labels[idx]), k_dropout)
     finite = jnp.isfinite(m["loss_sum"]) & jnp.all(jnp.asarray([jnp.isfinite(p).all()
                                                                  for p in jax.tree.leaves(new.params)]))
+    # (A float16 step skipped for overflowing gradients has a finite loss and its old parameters: not divergence.)
     ok = finite & (rs.failed_at < 0)
     # A diverged model keeps its last finite state and stops counting; its step counter still advances, so batch
     # indices (and a sweep's variants) stay in lockstep.
@@ -115,7 +117,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     return rs.replace(train=kept, failed_at=failed_at, acc=acc)
 
   def evaluate(state, h, x, y, idx, mask):
-    eval_step = train_lib.make_eval_step(model_for(h), tc.loss, micro_batch)
+    eval_step = train_lib.make_eval_step(model_for(h), tc.loss, micro_batch, tc.dtype)
     return train_lib.eval_epoch(lambda s, xb, yb, m: eval_step(s, shard(xb), shard(yb), shard(m)), state, x, y, idx,
                                 mask)
 

@@ -4,6 +4,8 @@ The pieces are plain functions so research code can use them without the launche
   state = init_state(model, tx, key, sample_x)
   step = jax.jit(make_train_step(model, tx))           # (state, x, y, rng) -> (state, metrics)
   metrics = evaluate(model, state, x_test, y_test)    # {'loss', 'accuracy', 'count'}
+Mixed precision: dtype="bfloat16" or "float16" in init_state, make_train_step and make_eval_step ("Mixed precision"
+below; a float16 state carries a LossScale).
 Metrics are pytrees of sums and counts (`loss_sum`, `correct`, `count`): they add across steps and vmap across variants.
 The loop that drives these for runs and sweeps (checkpoints, writers, resume) is jcnn/loop.py.
 """
@@ -19,7 +21,7 @@ import optax
 from flax import struct
 
 from jcnn import data as data_lib
-from jcnn.config import LOSSES, OPTIMIZERS, SCHEDULES, with_defaults
+from jcnn.config import DTYPES, LOSSES, OPTIMIZERS, SCHEDULES, with_defaults
 from jcnn.errors import ConfigError, ShapeError
 
 
@@ -97,16 +99,72 @@ def l2_penalty(params) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Mixed precision. Model code is unchanged: the step casts the float32 parameters and the input to the compute dtype
+# before `model.apply` (the cast is differentiated, so gradients arrive in float32, for the float32 parameters) and
+# the logits back to float32 before the loss. Parameters, optimizer state, BatchNorm running statistics (flax reduces
+# in float32; the step casts them back to be sure) and the loss reduction stay float32. Evaluation computes in the
+# same dtype. float16 (5 exponent bits: values under 6e-8 flush to zero, over 65504 overflow) adds dynamic loss
+# scaling as jmp, apex and torch's GradScaler do: the loss is multiplied by `scale` before the backward pass and the
+# gradients divided by it after; a step whose gradients are not all finite is skipped (parameters, optimizer state
+# and BatchNorm statistics unchanged, the step counter advances) and halves the scale; LOSS_SCALE_PERIOD finite steps
+# in a row double it. A skipped step's metrics are its (finite, unscaled) loss, so the loop neither counts it as
+# divergence nor poisons its sums; a non-finite loss (the forward pass left float16's range, which scaling cannot fix)
+# is divergence as in float32. A float32 step takes none of these branches: its program is the plain one.
+LOSS_SCALE_INIT = 2.0 ** 15      # jmp's and apex's initial scale
+LOSS_SCALE_PERIOD = 2000         # finite steps in a row before the scale doubles (jmp, apex)
+
+
+class LossScale(struct.PyTreeNode):
+  scale: jax.Array       # float32 scalar: the loss is multiplied by it before the backward pass (>= 1)
+  good_steps: jax.Array  # int32 scalar: finite steps in a row since the scale last changed
+  skipped: jax.Array     # int32 scalar: steps skipped for non-finite gradients, in all (a record)
+
+  @classmethod
+  def create(cls, scale: float = LOSS_SCALE_INIT) -> "LossScale":
+    return cls(scale=jnp.asarray(scale, jnp.float32), good_steps=jnp.zeros((), jnp.int32),
+               skipped=jnp.zeros((), jnp.int32))
+
+
+def update_loss_scale(ls: LossScale, grads_finite: jax.Array, period: int = LOSS_SCALE_PERIOD) -> LossScale:
+  """The scale after a step: non-finite gradients halve it (not below 1) and restart the count; the `period`-th
+  finite step in a row doubles it and restarts the count."""
+  good = ls.good_steps + 1
+  grow = good >= period
+  scale = jnp.where(grads_finite, jnp.where(grow, ls.scale * 2, ls.scale), jnp.maximum(ls.scale / 2, 1.0))
+  return LossScale(scale=scale, good_steps=jnp.where(grads_finite & ~grow, good, 0),
+                   skipped=ls.skipped + (~grads_finite).astype(jnp.int32))
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  if name not in DTYPES:
+    raise ConfigError(f"unknown compute dtype {name!r}: set config.train.dtype to one of {', '.join(DTYPES)}")
+  return jnp.dtype(name)
+
+
+def cast_floats(tree, dtype):
+  """Every floating-point leaf of `tree` as `dtype`; integer leaves (token ids, labels) unchanged."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
+def all_finite(tree) -> jax.Array:
+  """bool scalar: every element of every leaf is finite."""
+  return jnp.all(jnp.asarray([jnp.isfinite(a).all() for a in jax.tree.leaves(tree)]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # State and steps.
 class TrainState(struct.PyTreeNode):
   step: jax.Array       # int32 scalar: optimizer steps taken
-  params: Any
-  batch_stats: Any      # BatchNorm running statistics ({} when the model has none)
+  params: Any           # float32, whatever the compute dtype
+  batch_stats: Any      # BatchNorm running statistics ({} when the model has none), float32
   opt_state: Any
+  loss_scale: Any = None   # LossScale when computing in float16; None (no leaves, the same pytree) otherwise
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, sample_x: jax.Array) -> TrainState:
-  """Initialises parameters from `key` on one example's shape. A model that cannot take the shape raises ShapeError."""
+def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, sample_x: jax.Array,
+               dtype: str = "float32") -> TrainState:
+  """Initialises parameters from `key` on one example's shape. A model that cannot take the shape raises ShapeError.
+  `dtype` is the compute dtype of the steps that will train it: float16 adds the initial LossScale."""
   k_params, k_dropout = jax.random.split(key)
   try:
     # jitted: un-jitted init dispatches (and compiles) every random op separately, ~10x slower on CPU.
@@ -117,7 +175,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
     raise ShapeError(f"{type(model).__name__} cannot take input of shape {tuple(sample_x.shape[1:])}: {msg}") from None
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params))
+                    opt_state=tx.init(params),
+                    loss_scale=LossScale.create() if compute_dtype(dtype) == jnp.float16 else None)
 
 
 def _apply(model, params, batch_stats, x, train, rng):
@@ -169,23 +228,34 @@ def _chunks(m: int, *arrays):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy",
-                    l2: float | jax.Array = 0.0, micro_batch: int = 0) -> Callable:
+                    l2: float | jax.Array = 0.0, micro_batch: int = 0, dtype: str = "float32",
+                    loss_scale_period: int = LOSS_SCALE_PERIOD) -> Callable:
   """Returns the pure step (state, x [B,...], y [B], rng) -> (state, metrics). Its dropout key is fold_in(rng, step).
 
   The batch runs in chunks of `micro_batch_size(B, micro_batch)` examples (chunk c's dropout key: fold_in(key, c));
   their gradients add up to the batch-mean gradient and the optimizer updates once. With BatchNorm and an explicit
   micro_batch, each chunk normalises with its own statistics ("ghost" batch norm) and the running averages update
-  once per chunk."""
+  once per chunk. `dtype` is the compute dtype ("Mixed precision" above); float16 needs a state from
+  init_state(..., dtype="float16") and doubles its loss scale after `loss_scale_period` finite steps in a row."""
   per_example_loss(loss, jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # validate the name now, not inside jit
+  cdtype = compute_dtype(dtype)
+  mixed, scaled = cdtype != jnp.float32, cdtype == jnp.float16
 
   def train_step(state: TrainState, x, y, rng):
     rng = jax.random.fold_in(rng, state.step)
     B = x.shape[0]
+    if scaled and state.loss_scale is None:
+      raise ValueError("a float16 step needs a state with a loss scale: init_state(..., dtype='float16')")
 
     def chunk_loss(params, batch_stats, xc, yc, r):  # chunk loss sum / B: chunk gradients add up to the batch's
+      if mixed:   # differentiated casts: the gradients come back float32
+        params, xc = cast_floats(params, cdtype), cast_floats(xc, cdtype)
       logits, batch_stats = _apply(model, params, batch_stats, xc, True, r)
+      if mixed:
+        logits, batch_stats = logits.astype(jnp.float32), cast_floats(batch_stats, jnp.float32)
       losses = per_example_loss(loss, logits, yc)   # [m]
-      return losses.sum() / B, (losses.sum(), (logits.argmax(-1) == yc).sum().astype(jnp.float32), batch_stats)
+      objective = losses.sum() / B * state.loss_scale.scale if scaled else losses.sum() / B
+      return objective, (losses.sum(), (logits.argmax(-1) == yc).sum().astype(jnp.float32), batch_stats)
 
     grad_fn = jax.grad(chunk_loss, has_aux=True)
     m = micro_batch_size(B, micro_batch, bool(state.batch_stats))
@@ -202,23 +272,36 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
 
       zero = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()), state.batch_stats)
       (grads, loss_sum, correct, batch_stats), _ = jax.lax.scan(body, zero, jnp.arange(B // m))
+    if scaled:
+      grads = jax.tree.map(lambda g: g / state.loss_scale.scale, grads)
     if not (isinstance(l2, (int, float)) and l2 == 0):
       grads = jax.tree.map(lambda g, p: g + l2 * p, grads, jax.grad(l2_penalty)(state.params))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               batch_stats=batch_stats, opt_state=opt_state)
+    if scaled:   # non-finite gradients: keep the old parameters, optimizer state and statistics; adjust the scale
+      finite = all_finite(grads)
+      new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, state).replace(
+          step=new_state.step, loss_scale=update_loss_scale(state.loss_scale, finite, loss_scale_period))
     metrics = {"loss_sum": loss_sum, "correct": correct, "count": jnp.asarray(B, jnp.float32)}
     return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: int = 0) -> Callable:
+def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: int = 0,
+                   dtype: str = "float32") -> Callable:
   """(state, x, y, mask) -> metric sums over the examples where mask is True (in chunks, as the train step; exact for
-  every model: evaluation uses BatchNorm's running statistics)."""
+  every model: evaluation uses BatchNorm's running statistics). `dtype`: the compute dtype, as the train step's."""
+  cdtype = compute_dtype(dtype)
 
   def sums(state, x, y, mask):
-    logits, _ = _apply(model, state.params, state.batch_stats, x, False, None)
+    if cdtype == jnp.float32:
+      logits, _ = _apply(model, state.params, state.batch_stats, x, False, None)
+    else:
+      logits, _ = _apply(model, cast_floats(state.params, cdtype), state.batch_stats, cast_floats(x, cdtype), False,
+                         None)
+      logits = logits.astype(jnp.float32)
     m = mask.astype(jnp.float32)
     return {"loss_sum": (per_example_loss(loss, logits, y) * m).sum(),
             "correct": ((logits.argmax(-1) == y) * m).sum(), "count": m.sum()}
@@ -243,9 +326,9 @@ def summarize(metrics) -> dict:
 
 
 def evaluate(model: nn.Module, state: TrainState, x: jax.Array, y: jax.Array, batch_size: int = 1000,
-             loss: str = "cross_entropy", eval_step: Callable | None = None) -> dict:
-  """Loss and accuracy over all of (x, y), in fixed-shape batches gathered on the device."""
-  eval_step = eval_step or _jit_eval_epoch(make_eval_step(model, loss))
+             loss: str = "cross_entropy", eval_step: Callable | None = None, dtype: str = "float32") -> dict:
+  """Loss and accuracy over all of (x, y), in fixed-shape batches gathered on the device (computing in `dtype`)."""
+  eval_step = eval_step or _jit_eval_epoch(make_eval_step(model, loss, dtype=dtype))
   idx, mask = data_lib.eval_batches(len(y), batch_size)
   return summarize(eval_step(state, x, y, jnp.asarray(idx), jnp.asarray(mask)))
 

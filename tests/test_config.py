@@ -32,6 +32,7 @@ def test_every_field_has_a_default_a_meaning_and_passes_its_own_check():
     ("model.activation", "relu6", "must be one of sigmoid"), ("model.name", "resnet7", "must be one of"),
     ("data.pad", -1, "must be >= 0"), ("data.augment", "rotate", "none, flip, crop, flip_crop"),
     ("train.batch_size", 2.5, "must be an integer"), ("train.seed", True, "must be an integer"),
+    ("train.dtype", "float64", "must be one of float32, bfloat16, float16"), ("train.dtype", "bf16", "float16 —"),
 ])
 def test_a_bad_value_names_field_value_and_what_is_allowed(path, value, allowed):
   msg = config_lib.check_value(path, value)   # wrong types: the locked ConfigDict / flag parser stop most earlier

@@ -226,8 +226,11 @@ def check_config(config) -> None:
 
 
 def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHANGES) -> list[str]:
-  """Keys whose values differ between two configs (flattened), except those a resumed run may change."""
+  """Keys whose values differ between two configs (flattened), except those a resumed run may change. A key the saved
+  config lacks (a field added to jcnn since) counts as its schema default."""
   a, b = flatten(saved), flatten(new)
+  defaults = {f"{sec}.{k}" if sec else k: f.default for sec, fields in SCHEMA.items() for k, f in fields.items()}
+  a.update({k: defaults[k] for k in b if k not in a and k in defaults})
   norm = lambda v: list(v) if isinstance(v, tuple) else v   # JSON turns tuples into lists
   keys = sorted(set(a) | set(b))
   return [k for k in keys if norm(a.get(k)) != norm(b.get(k)) and not any(k == p or (p.endswith(".") and

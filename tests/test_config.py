@@ -75,3 +75,14 @@ def test_sweep_axes_table():
   assert arrays["seed"].tolist() == [4, 0] and str(arrays["learning_rate"].dtype) == "float32"
   vc = config_lib.variant_config(c, v)
   assert vc.model.activation == "elu" and vc.train.seed == 4 and c.model.activation == "relu"
+
+
+def test_a_field_added_since_a_run_was_saved_counts_as_its_default():
+  """A run saved before train.dtype / mesh existed resumes with their defaults, and not with other values."""
+  saved = config_lib.base_config().to_dict()
+  del saved["train"]["dtype"]
+  del saved["mesh"]
+  new = config_lib.base_config()
+  assert config_lib.diff(saved, new.to_dict()) == []
+  new.train.dtype = "bfloat16"
+  assert config_lib.diff(saved, new.to_dict()) == ["train.dtype"]

@@ -238,3 +238,46 @@ def test_processes_that_disagree_are_one_line_each(tmp_path):
 def test_bad_process_flags_are_one_line(tmp_path, flags, words):
   proc = launch([*SINGLE, *flags], str(tmp_path / "w"), check=False, timeout=60)
   one_error_line(proc, *words)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_the_same_step_and_they_resume(tmp_path):
+  """SIGTERM reaches only process 1: both agree at the next log_every step, save one checkpoint, exit 143; the same
+  commands resume from that step and finish."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.data.synthetic_size=(8192,128)",
+          "--config.train.epochs=1", "--config.train.batch_size=32", "--config.train.log_every=10",
+          "--config.writers.tensorboard=False", f"--workdir={tmp_path / 'w'}", "--num_processes=2"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JCNN_COMPILATION_CACHE="0",
+             PYTHONUNBUFFERED="1")
+
+  def start(port):
+    logs = [open(tmp_path / f"p{i}-{port}.txt", "w+") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "launch.py", *args, f"--coordinator_address=127.0.0.1:{port}",
+                               f"--process_id={i}"], cwd=ROOT, env=env, stdout=logs[i], stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    return procs, logs
+
+  procs, logs = start(free_port())
+  try:
+    deadline = time.monotonic() + TIMEOUT
+    while "steps/s" not in open(logs[1].name).read():   # training has begun
+      assert time.monotonic() < deadline and procs[1].poll() is None, open(logs[1].name).read()[-2000:]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=TIMEOUT) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  outs = [open(f.name).read() for f in logs]
+  assert codes == [143, 143], [o[-1500:] for o in outs]
+  steps = [int(o.split("stopped: SIGTERM at step ")[1].split(":")[0]) for o in outs]
+  assert steps[0] == steps[1] and steps[0] % 10 == 0 and 0 < steps[0] < 256
+  procs, logs = start(free_port())
+  codes = [p.wait(timeout=TIMEOUT) for p in procs]
+  outs = [open(f.name).read() for f in logs]
+  assert codes == [0, 0], [o[-1500:] for o in outs]
+  assert all(f"resumed from the checkpoint at step {steps[0]}" in o for o in outs)
+  assert os.path.exists(tmp_path / "w" / "results.json")

@@ -97,11 +97,13 @@ def apply_group(config, group: str):
 # ----------------------------------------------------------------------------------------------------------------
 # Memory: how many variants one program may hold.
 def device_memory_budget() -> int:
-  """Half of the free memory of the default device (GPU/TPU: from memory_stats; CPU: available RAM)."""
+  """Half of the free memory of the devices a program spreads over (GPU/TPU: memory_stats of this process's first
+  device, times the device count, since a sweep's variants split over them; CPU: available RAM, which forced host
+  devices share)."""
   dev = jax.local_devices()[0]
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
   if stats and "bytes_limit" in stats:
-    return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    return int(0.5 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))) * jax.device_count()
   try:
     return int(0.5 * os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
   except (ValueError, OSError):

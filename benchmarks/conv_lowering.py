@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jcnn import layers  # noqa: E402
+from jcnn import layers, machine  # noqa: E402
 
 
 def conv_shifted(x, kernel, strides, pads, dilation):
@@ -118,7 +118,9 @@ def main(argv=None):
       print(f"{name:22s} {mode:5s} V1 / V{args.variants} ms: {cells}", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
+      rec = machine.record()
+      print(f"machine: {machine.describe(rec)}")
+      json.dump({"machine": rec, "batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
                  "jax": jax.__version__}, f, indent=2)
     print(f"wrote {args.out}")
 

@@ -9,6 +9,7 @@ Options (all exact: full-batch statistics in training, the same variables; tests
   flax    flax nn.BatchNorm (blocks.BATCH_NORM), activation separate
   vjp     jcnn.norm.BatchNorm: one-pass-of-sums custom VJP, activation separate
   fused   jcnn.norm.BatchNorm with the following ReLU inside the same VJP (blocks.norm_act)
+  none    no normalisation (not the same model: shows what BatchNorm costs)
   OPTION+LOWERING   the same with layers.Conv.lowering set: native, patches, shape (layers.shape_lowering per layer)
 Each is `train.make_train_step` jitted with the state donated (no chunking: BatchNorm), timed in alternating windows
 with the PyTorch twin of benchmarks/throughput.py (best of 1 and all threads per window); ratios are medians of
@@ -40,7 +41,8 @@ class UnfusedBatchNorm(norm.BatchNorm):
 
 
 NORMS = {"flax": blocks.BATCH_NORM, "vjp": functools.partial(UnfusedBatchNorm, momentum=0.9, epsilon=1e-5),
-         "fused": functools.partial(norm.BatchNorm, momentum=0.9, epsilon=1e-5)}
+         "fused": functools.partial(norm.BatchNorm, momentum=0.9, epsilon=1e-5),
+         "none": None}   # no normalisation at all: what BatchNorm costs (a different model; for the profile only)
 
 
 def build(name, option, batch, x, y):

@@ -112,7 +112,7 @@ def describe(rec: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Per-machine chunk size.
-PROBE_VERSION = 1        # bump when the probe changes: old cache entries are then measured again
+PROBE_VERSION = 2        # bump when the probe (or what it times) changes: old cache entries are then measured again
 PROBE_MARGIN = 1.03      # chunks must beat the whole batch by this much (the whole batch is the simpler program)
 
 

@@ -6,9 +6,9 @@
                                                                                         # twin is the yardstick
 
 Options (all exact: full-batch statistics in training, the same variables; tests/test_norm.py):
-  flax    flax nn.BatchNorm (blocks.BATCH_NORM), activation separate
+  flax    flax nn.BatchNorm, activation separate
   vjp     jcnn.norm.BatchNorm: one-pass-of-sums custom VJP, activation separate
-  fused   jcnn.norm.BatchNorm with the following ReLU inside the same VJP (blocks.norm_act)
+  fused   jcnn.norm.BatchNorm with the following ReLU inside the same VJP (blocks.norm_act; blocks.FUSED_BATCH_NORM)
   none    no normalisation (not the same model: shows what BatchNorm costs)
   OPTION+LOWERING   the same with layers.Conv.lowering set: native, patches, shape (layers.shape_lowering per layer)
 Each is `train.make_train_step` jitted with the state donated (no chunking: BatchNorm), timed in alternating windows
@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
@@ -40,7 +41,8 @@ class UnfusedBatchNorm(norm.BatchNorm):
   fuses_act = False
 
 
-NORMS = {"flax": blocks.BATCH_NORM, "vjp": functools.partial(UnfusedBatchNorm, momentum=0.9, epsilon=1e-5),
+NORMS = {"flax": functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5),
+         "vjp": functools.partial(UnfusedBatchNorm, momentum=0.9, epsilon=1e-5),
          "fused": functools.partial(norm.BatchNorm, momentum=0.9, epsilon=1e-5),
          "none": None}   # no normalisation at all: what BatchNorm costs (a different model; for the profile only)
 

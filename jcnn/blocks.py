@@ -3,7 +3,8 @@ InceptionBlock, VGGBlock.
 
 Every block takes its parts as fields, so a sweep or an ablation swaps them without editing a block:
   conv        a module factory with layers.Conv's signature (e.g. `partial(layers.Conv, kernel_init=HE_INIT)`)
-  norm        a module factory or None: `BATCH_NORM` (momentum 0.9), `partial(nn.GroupNorm, num_groups=8)`, ...
+  norm        a module factory or None: `BATCH_NORM` (momentum 0.9), `FUSED_BATCH_NORM` (same, one-pass VJP fused
+              with ReLU), `partial(nn.GroupNorm, num_groups=8)`, ...
               BatchNorm gets `use_running_average=not train`; any other norm is called as `norm(name=...)(x)`
   act         a module factory taking the activation: `layers.Activation` (name or traced index)
   activation  the name ('relu') or an index into layers.ACTIVATIONS (may be traced, for vmapped sweeps)
@@ -25,6 +26,10 @@ Array = jax.Array
 Act = Union[str, int, Array]
 
 BATCH_NORM = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)   # PyTorch's defaults (its momentum 0.1)
+# jcnn.norm.BatchNorm: the same variables and statistics with a one-pass VJP fused with a following plain ReLU
+# (norm_act): 1.17-1.21x on DenseNet-BC's CPU step, even on ResNet-20 / VGG-11-BN (docs/performance.md). Opt-in
+# (`norm=FUSED_BATCH_NORM`) until its ONNX export is fixed (jax2onnx emitted a float64 Pad after it for vgg_tiny).
+FUSED_BATCH_NORM = functools.partial(norm_lib.BatchNorm, momentum=0.9, epsilon=1e-5)
 HE_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")       # torchvision's ResNet/VGG conv init
 
 

@@ -133,8 +133,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "seed": Field(0, integer(0), "initial parameters, data order, dropout masks (a sweep's seeds start here)"),
         "loss": Field("cross_entropy", choice(*LOSSES), "cross_entropy, or mse of the softmax against one-hot"),
         "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
-        "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: 16 on CPU without "
-                                            "BatchNorm, else the whole batch)"),
+        "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: on CPU without "
+                                            "BatchNorm the size measured once per machine, jcnn.machine; else the "
+                                            "whole batch)"),
         "log_every": Field(100, integer(1), "steps between train rows of metrics.jsonl and TensorBoard"),
         "eval_batch_size": Field(1000, integer(1), "examples per evaluation batch"),
     },

@@ -76,11 +76,12 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
     if act not in (None, "relu"):
       raise ValueError(f"BatchNorm fuses only act='relu', got {act!r}")
-    if use_running_average:
-      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+    if use_running_average:   # in x's dtype (statistics may arrive wider, e.g. float64 when traced for ONNX export)
+      mean, inv = ra_mean.value.astype(x.dtype), jax.lax.rsqrt(ra_var.value + self.epsilon).astype(x.dtype)
+      y = (x - mean) * (inv * scale.astype(x.dtype)) + bias.astype(x.dtype)
       return jnp.maximum(y, 0) if act else y
     if not self.is_initializing():
       mean, var = jax.lax.stop_gradient(_stats(x))        # the same sums as inside batch_norm_act: XLA CSEs them
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return batch_norm_act(x, scale, bias, self.epsilon, act == "relu")
+    return batch_norm_act(x, scale.astype(x.dtype), bias.astype(x.dtype), self.epsilon, act == "relu")

@@ -62,7 +62,8 @@ def test_fusion_is_chosen_only_for_plain_relu():
   assert blocks.fuses_relu(bn, blocks.layers.Activation, "relu")
   assert not blocks.fuses_relu(bn, blocks.layers.Activation, "elu")
   assert not blocks.fuses_relu(bn, blocks.layers.Activation, 2)                      # traced index: no
-  assert not blocks.fuses_relu(blocks.BATCH_NORM, blocks.layers.Activation, "relu")  # flax's BatchNorm
+  assert not blocks.fuses_relu(functools.partial(nn.BatchNorm), blocks.layers.Activation, "relu")  # flax's
+  assert blocks.fuses_relu(blocks.FUSED_BATCH_NORM, blocks.layers.Activation, "relu")
   assert not blocks.fuses_relu(None, blocks.layers.Activation, "relu")
 
 
@@ -72,7 +73,7 @@ def test_model_with_jcnn_batch_norm_trains_like_flax(name):
   x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
   y = jnp.arange(8) % 10
   out = []
-  for n in (blocks.BATCH_NORM, functools.partial(norm.BatchNorm, momentum=0.9, epsilon=1e-5)):
+  for n in (blocks.BATCH_NORM, blocks.FUSED_BATCH_NORM):
     model = models.get({"name": name}, num_classes=10).clone(norm=n)
     tx = train.make_optimizer({"name": "sgd", "learning_rate": 0.1})
     state = train.init_state(model, tx, jax.random.key(1), x)

@@ -208,6 +208,7 @@ def start_processes(fv):
   elif fv.distributed:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    mesh.same_cpu_chunks()
     try:
       jax.distributed.initialize(initialization_timeout=fv.distributed_timeout)
     except (ValueError, RuntimeError) as e:

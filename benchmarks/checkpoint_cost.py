@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from experiments import ablation_dropout, fashion_convnet  # noqa: E402
-from jcnn import checkpoint, data as data_lib, loop, sweep, writers  # noqa: E402
+from jcnn import checkpoint, data as data_lib, loop, machine, sweep, writers  # noqa: E402
 
 
 def folder_bytes(path):
@@ -72,7 +72,9 @@ def main():
   rows.append(measure(f"ablation_dropout ({len(variants)} variants)", sweep.program(fns, ds, variants), args.saves))
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "saves": args.saves, "record": writers.run_record()}, f, indent=2)
+      rec = machine.record()
+      print(f"machine: {machine.describe(rec)}")
+      json.dump({"machine": rec, "rows": rows, "saves": args.saves, "record": writers.run_record()}, f, indent=2)
     print(f"wrote {args.out}")
 
 

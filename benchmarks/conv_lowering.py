@@ -28,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jcnn import layers  # noqa: E402
+from jcnn import layers, machine  # noqa: E402
 
 
 def conv_shifted(x, kernel, strides, pads, dilation):
@@ -53,7 +53,16 @@ SHAPES = {  # name -> (spatial in, C_in, C_out, kernel, stride, padding, needs i
     "convnet/conv3": (5, 64, 64, 3, 1, "VALID", True),
     "resnet20/stage1": (32, 16, 16, 3, 1, "SAME", True),
     "resnet20/stage2_down": (32, 16, 32, 3, 2, "SAME", True),
+    "resnet20/stage2": (16, 32, 32, 3, 1, "SAME", True),
     "resnet20/stage3": (8, 64, 64, 3, 1, "SAME", True),
+    "vgg11/conv1": (32, 3, 64, 3, 1, "SAME", False),
+    "vgg11/conv2": (16, 64, 128, 3, 1, "SAME", True),
+    "vgg11/conv3": (8, 128, 256, 3, 1, "SAME", True),
+    "vgg11/conv5": (4, 256, 512, 3, 1, "SAME", True),
+    "vgg11/conv7": (2, 512, 512, 3, 1, "SAME", True),
+    "densenet/b1_1x1": (32, 120, 48, 1, 1, "VALID", True),
+    "densenet/b1_3x3": (32, 48, 12, 3, 1, "SAME", True),
+    "densenet/b3_3x3": (8, 48, 12, 3, 1, "SAME", True),
 }
 
 
@@ -105,20 +114,24 @@ def main(argv=None):
     n, c_in, c_out, k = shape[:4]
     for mode in ("fwd", "train"):
       row = {"layer": name, "mode": mode}
-      for v in (1, args.variants):
+      for v in sorted({1, args.variants}):
         lead = (v,) if v > 1 else ()
         x = jax.random.normal(key, lead + (args.batch, n, n, c_in))
         w = jax.random.normal(key, lead + (k, k, c_in, c_out)) * 0.1
         ms = bench({lo: make_fn(lo, shape, mode, v) for lo in lowerings}, (x, w), windows, reps=3)
         row[f"V{v}"] = ms
       row["per_variant"] = {lo: row[f"V{args.variants}"][lo] / args.variants / row["V1"][lo] for lo in lowerings}
+      row["native_over_patches"] = (row["V1"]["patches"] / row["V1"]["native"]
+                                    if {"native", "patches"} <= set(lowerings) else None)
       rows.append(row)
       cells = "  ".join(f"{lo} {row['V1'][lo]:7.2f} / {row[f'V{args.variants}'][lo]:8.2f} ({row['per_variant'][lo]:.2f})"
                         for lo in lowerings)
       print(f"{name:22s} {mode:5s} V1 / V{args.variants} ms: {cells}", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
+      rec = machine.record()
+      print(f"machine: {machine.describe(rec)}")
+      json.dump({"machine": rec, "batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
                  "jax": jax.__version__}, f, indent=2)
     print(f"wrote {args.out}")
 

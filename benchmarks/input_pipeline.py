@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jcnn import data, models, train  # noqa: E402
+from jcnn import data, machine, models, train  # noqa: E402
 
 
 def measure(batch: int, windows: int, steps: int) -> dict:
@@ -78,7 +78,9 @@ def main():
           f"{r['images_per_s']['fixed']:7.0f} | input pipeline {r['pipeline_share_of_step']:+.1%} of a step", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "backend": jax.default_backend(), "jax": jax.__version__}, f, indent=2)
+      rec = machine.record()
+      print(f"machine: {machine.describe(rec)}")
+      json.dump({"machine": rec, "rows": rows, "backend": jax.default_backend(), "jax": jax.__version__}, f, indent=2)
     print(f"wrote {args.out}")
 
 

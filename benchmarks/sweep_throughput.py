@@ -22,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import fashion_convnet  # noqa: E402
-from jcnn import data as data_lib, loop, sweep  # noqa: E402
+from jcnn import data as data_lib, loop, machine, sweep  # noqa: E402
 
 
 def timed(fn, steps):
@@ -102,7 +102,9 @@ def main():
       rows.append(row)
       print(f"V={V:<3} {s:<5} sweep {med[s]:8.0f} model-img/s | sequential {med['sequential']:8.0f} | "
             f"ratio {row['ratio']:.2f} | compile {compile_s:.1f}s", flush=True)
-  result = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,
+  rec = machine.record()
+  print(f"machine: {machine.describe(rec)}")
+  result = {"machine": rec, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,
             "windows": args.windows, "single_compile_s": single_compile, "rows": rows, "jax": jax.__version__}
   if args.out:
     with open(args.out, "w") as f:

@@ -1,6 +1,7 @@
 """Single-model training and evaluation throughput: jcnn against an equivalent PyTorch CPU implementation (issue 5).
 
-  python benchmarks/throughput.py                       # convnet b64, convnet b256, resnet20 b128; 7 windows
+  python benchmarks/throughput.py                       # convnet b64/b256, resnet20 b128, vgg11_cifar b128,
+                                                        #   densenet_bc100 b64; 7 windows
   python benchmarks/throughput.py --quick               # convnet b64 only, 5 short windows
   python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=throughput.json
   python benchmarks/throughput.py --models=convnet:64,resnet20:128 --dtype=float32,bfloat16,float16   # mixed precision
@@ -12,11 +13,14 @@ the same layers, optimizer and batch size, at 1 thread and at the core count (th
 Both warm up, then windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians
 over windows and the median of the per-window ratios (the machine is shared and noisy: ratios from one window are
 fair, absolute numbers less so). Compile time is reported apart. jcnn's step runs its batch in chunks
-(`train.micro_batch_size`: 16 examples on CPU for models without BatchNorm); where that differs from the whole batch,
-the same step on the whole batch at once is timed too ('whole-batch' columns): what chunking gains. Achieved GFLOP/s
+(`train.micro_batch_size`: chosen per machine, by a cached measurement, for models without BatchNorm); the other
+choice (whole batch, or chunks of 16) is timed too ('other chunk' columns): what the choice gains. Achieved GFLOP/s
 use forward FLOPs from `jcnn.summary.flops_per_example` (x3 for training) against a 2048^3 float32 jnp matmul
 measured in the same windows. `--dtype` (config.train.dtype) sets jcnn's compute dtype; more than one (a comma list)
 times each further dtype's train and eval steps in the same windows and reports its rate against the first's.
+The JSON records the machine (`jcnn.machine.record`: CPU model, vector extensions, cores, caches, matmul GFLOP/s,
+jax/jaxlib) under "machine"; the table's last line names it. The PyTorch twins' parameter counts must equal jcnn's
+(checked here and in tests/test_benchmarks.py).
 """
 from __future__ import annotations
 
@@ -33,19 +37,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jcnn import config as config_lib, data as data_lib, loop, models, summary, train, writers  # noqa: E402
+from jcnn import config as config_lib, data as data_lib, loop, machine, models, summary, train, writers  # noqa: E402
+from jcnn import mesh as mesh_lib  # noqa: E402
 
 CASES = {  # name -> (model config, input shape [H, W, C], optimizer config)
     "convnet": ({"name": "convnet"}, (28, 28, 1), {"name": "rmsprop", "learning_rate": 1e-3}),
     "resnet20": ({"name": "resnet20"}, (32, 32, 3), {"name": "momentum", "learning_rate": 0.1, "momentum": 0.9}),
+    "vgg11_cifar": ({"name": "vgg11_cifar"}, (32, 32, 3), {"name": "momentum", "learning_rate": 0.1, "momentum": 0.9}),
+    "densenet_bc100": ({"name": "densenet_bc100"}, (32, 32, 3),
+                       {"name": "momentum", "learning_rate": 0.1, "momentum": 0.9}),
 }
-DEFAULT = "convnet:64,convnet:256,resnet20:128"
+DEFAULT = "convnet:64,convnet:256,resnet20:128,vgg11_cifar:128,densenet_bc100:64"
 N_IMAGES = 4096          # device-resident synthetic dataset the batches are gathered from
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # PyTorch twins (NCHW, same layers and parameter counts).
 def torch_model(name: str):
+  import torch  # pylint: disable=g-import-not-at-top
   import torch.nn as tnn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
@@ -94,6 +103,39 @@ def torch_model(name: str):
         x = self.blocks(F.relu(self.bn(self.stem(x))))
         return self.head(x.mean((2, 3)))
     return ResNet20()
+
+  if name == "vgg11_cifar":   # VGG-11-BN, CIFAR head (jcnn.models.vgg: convs without bias, BN, global pool, dropout, fc)
+    layers, c_in = [], 3
+    for n, w in zip((1, 1, 2, 2, 2), (64, 128, 256, 512, 512)):
+      for _ in range(n):
+        layers += [tnn.Conv2d(c_in, w, 3, 1, 1, bias=False), tnn.BatchNorm2d(w), tnn.ReLU(inplace=True)]
+        c_in = w
+      layers.append(tnn.MaxPool2d(2))
+    return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Dropout(0.5), tnn.Linear(512, 10))
+
+  if name == "densenet_bc100":   # DenseNet-BC, L = 100, k = 12 (jcnn.models.densenet, stem='cifar')
+    def pre_act_conv(c_in, c_out, k):   # BN-ReLU-conv, no bias
+      return [tnn.BatchNorm2d(c_in), tnn.ReLU(inplace=True), tnn.Conv2d(c_in, c_out, k, 1, k // 2, bias=False)]
+
+    class DenseLayer(tnn.Module):
+      def __init__(self, c_in, k):
+        super().__init__()
+        self.f = tnn.Sequential(*pre_act_conv(c_in, 4 * k, 1), *pre_act_conv(4 * k, k, 3))
+
+      def forward(self, x):
+        return torch.cat([x, self.f(x)], 1)
+
+    k, n, c = 12, 16, 24
+    layers = [tnn.Conv2d(3, c, 3, 1, 1, bias=False)]
+    for b in range(3):
+      for _ in range(n):
+        layers.append(DenseLayer(c, k))
+        c += k
+      if b < 2:
+        layers += pre_act_conv(c, c // 2, 1) + [tnn.AvgPool2d(2)]
+        c //= 2
+    return tnn.Sequential(*layers, tnn.BatchNorm2d(c), tnn.ReLU(inplace=True), tnn.AdaptiveAvgPool2d(1),
+                          tnn.Flatten(), tnn.Linear(c, 10))
   raise ValueError(f"no PyTorch twin for {name!r}")
 
 
@@ -113,8 +155,10 @@ def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int 
   config.model.update(model_cfg)
   config.optim.update(optim_cfg)
   config.train.batch_size, config.train.micro_batch, config.train.dtype = batch, micro_batch, dtype
-  ds = data_lib.Dataset(name, images, labels, images[:batch], labels[:batch], None, None, 10, {})
-  program = loop.single_program(config, ds)              # the step loop.run calls
+  mesh = mesh_lib.make(config)   # as loop.train_and_evaluate: the data and program on this machine's mesh
+  ds = data_lib.Dataset(name, mesh_lib.put_rows(np.asarray(images), mesh),
+                        mesh_lib.put(np.asarray(labels), mesh_lib.replicated(mesh)), None, None, None, None, 10, {})
+  program = loop.single_program(config, ds, mesh)        # the step loop.run calls
   model = models.get(config.model, num_classes=10)
   eval_step = train.make_eval_step(model, micro_batch=micro_batch, dtype=dtype)
 
@@ -148,6 +192,7 @@ def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int 
   flops = summary.flops_per_example(model, shape)
   params = summary.count_params(state.params)
   return train_n, eval_n, {"train_chunk": train.micro_batch_size(batch, micro_batch, bool(state.batch_stats)),
+                           "batch_norm": bool(state.batch_stats),
                            "compile_train_s": compile_train, "compile_eval_s": compile_eval,
                            "forward_flops_per_image": flops, "params": params}
 
@@ -213,12 +258,18 @@ def run_case(name, batch, windows, window_s, mm, torch_threads, dtypes=("float32
                                        dtype=dtypes[0])
   t_train, t_eval, t_info = build_torch(name, torch.from_numpy(x.transpose(0, 3, 1, 2).copy()),
                                         torch.from_numpy(y.astype(np.int64)), torch.from_numpy(order.astype(np.int64)))
+  if j_info["params"] != t_info["params"]:
+    raise AssertionError(f"{name}: PyTorch twin has {t_info['params']:,} parameters, jcnn {j_info['params']:,}")
   fns = {"jcnn_train": j_train, "jcnn_eval": j_eval}
   chunk = j_info["train_chunk"]
-  if chunk != batch:  # the same step on the whole batch at once, for the record of what chunking gains
-    w_train, w_eval, w_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), batch,
-                                         dtype=dtypes[0])
-    fns.update({"jcnn_whole_train": w_train, "jcnn_whole_eval": w_eval})
+  # The automatic chunk size is chosen per machine (train.micro_batch_size -> machine.cpu_micro_batch); the other
+  # choice is timed too, for the record of what the choice gains: the whole batch where it chunks, chunks of
+  # MICRO_BATCH_CPU where it does not (models without BatchNorm only: with it chunks change the statistics).
+  alt = batch if chunk != batch else (None if j_info["batch_norm"] else train.micro_batch_size(batch, train.MICRO_BATCH_CPU))
+  if alt is not None and alt != chunk:
+    a_train, a_eval, _ = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), alt,
+                                   dtype=dtypes[0])
+    fns.update({"jcnn_alt_train": a_train, "jcnn_alt_eval": a_eval})
   for d in dtypes[1:]:   # further compute dtypes, in the same windows
     d_train, d_eval, d_info = build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y), jnp.asarray(order), dtype=d)
     fns.update({f"jcnn_train@{d}": d_train, f"jcnn_eval@{d}": d_eval})
@@ -242,7 +293,8 @@ def run_case(name, batch, windows, window_s, mm, torch_threads, dtypes=("float32
   matmul = float(np.median(mm_rates))
   by_dtype = {d: {m: float(np.median(np.array(rates[f"jcnn_{m}@{d}"]) / np.array(rates[f"jcnn_{m}"])))
                   for m in ("train", "eval")} for d in dtypes[1:]}   # median per-window ratio to dtypes[0]
-  return {"model": name, "batch": batch, "train_chunk": chunk, "dtype": dtypes[0], "ratio_over_first_dtype": by_dtype,
+  return {"model": name, "batch": batch, "train_chunk": chunk, "alt_chunk": alt if "jcnn_alt_train" in fns else None,
+          "dtype": dtypes[0], "ratio_over_first_dtype": by_dtype,
           "compile_train_s_by_dtype": {d: j_info[f"compile_train_s@{d}"] for d in dtypes[1:]},
           "images_per_s": med, "ratio_jcnn_over_torch": ratio,
           "windows": {k: [round(v, 1) for v in vs] for k, vs in rates.items()}, "steps_per_window": steps,
@@ -303,14 +355,15 @@ def main(argv=None):
         f"{os.cpu_count()} cores; {windows} windows of ~{window_s}s, medians; ratio = median of per-window ratios")
   print(f"{'model':10s} {'batch':>5s} {'chunk':>5s} | {'jcnn train':>10s} {'torch train':>11s} {'ratio':>6s} | "
         f"{'jcnn eval':>9s} {'torch eval':>10s} {'ratio':>6s} | {'compile s':>9s} | {'train GFLOP/s':>13s} "
-        f"{'of matmul':>9s} | {'whole-batch train, eval':>23s}")
+        f"{'of matmul':>9s} | {'other chunk: train, eval':>28s}")
   for r in rows:
     m, q = r["images_per_s"], r["ratio_jcnn_over_torch"]
-    whole = f"{m['jcnn_whole_train']:11.0f} {m['jcnn_whole_eval']:11.0f}" if "jcnn_whole_train" in m else "-"
+    whole = (f"{r['alt_chunk']:4d}: {m['jcnn_alt_train']:10.0f} {m['jcnn_alt_eval']:11.0f}" if r["alt_chunk"]
+             else "-")
     print(f"{r['model']:10s} {r['batch']:5d} {r['train_chunk']:5d} | {m['jcnn_train']:10.0f} {m['torch_train']:11.0f} "
           f"{q['train']:6.2f} | {m['jcnn_eval']:9.0f} {m['torch_eval']:10.0f} {q['eval']:6.2f} | "
           f"{r['compile_train_s']:9.1f} | {r['gflops']['jcnn_train']:13.1f} "
-          f"{r['fraction_of_matmul']['jcnn_train']:9.0%} | {whole:>23s}")
+          f"{r['fraction_of_matmul']['jcnn_train']:9.0%} | {whole:>28s}")
   for r in rows:
     if r["ratio_over_first_dtype"]:
       m = r["images_per_s"]
@@ -319,11 +372,13 @@ def main(argv=None):
                 f"{d} {m[f'jcnn_train@{d}']:.0f} train ({q['train']:.2f}x), {m[f'jcnn_eval@{d}']:.0f} eval "
                 f"({q['eval']:.2f}x), compile {r['compile_train_s_by_dtype'][d]:.1f}s"
                 for d, q in r["ratio_over_first_dtype"].items()))
-  if rows:
-    print(f"float32 matmul 2048^3: {np.median([r['matmul_gflops'] for r in rows]):.1f} GFLOP/s (median over windows)")
+  matmul = float(np.median([r["matmul_gflops"] for r in rows])) if rows else mm()
+  rec = machine.record(matmul)
+  print(f"machine: {machine.describe(rec)} (median over windows)")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "skipped": skipped, "record": writers.run_record(), "torch_threads": torch_threads,
+      json.dump({"rows": rows, "skipped": skipped, "machine": rec, "record": writers.run_record(),
+                 "torch_threads": torch_threads,
                  "windows": windows, "window_s": window_s}, f, indent=2)
     print(f"wrote {args.out}")
 

@@ -3,7 +3,8 @@ InceptionBlock, VGGBlock.
 
 Every block takes its parts as fields, so a sweep or an ablation swaps them without editing a block:
   conv        a module factory with layers.Conv's signature (e.g. `partial(layers.Conv, kernel_init=HE_INIT)`)
-  norm        a module factory or None: `BATCH_NORM` (momentum 0.9), `partial(nn.GroupNorm, num_groups=8)`, ...
+  norm        a module factory or None: `BATCH_NORM` (momentum 0.9), `FUSED_BATCH_NORM` (same, one-pass VJP fused
+              with ReLU), `partial(nn.GroupNorm, num_groups=8)`, ...
               BatchNorm gets `use_running_average=not train`; any other norm is called as `norm(name=...)(x)`
   act         a module factory taking the activation: `layers.Activation` (name or traced index)
   activation  the name ('relu') or an index into layers.ACTIVATIONS (may be traced, for vmapped sweeps)
@@ -19,12 +20,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jcnn import layers
+from jcnn import layers, norm as norm_lib
 
 Array = jax.Array
 Act = Union[str, int, Array]
 
 BATCH_NORM = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)   # PyTorch's defaults (its momentum 0.1)
+# jcnn.norm.BatchNorm: the same variables and statistics with a one-pass VJP fused with a following plain ReLU
+# (norm_act): 1.17-1.21x on DenseNet-BC's CPU step, even on ResNet-20 / VGG-11-BN (docs/performance.md). Opt-in
+# (`norm=FUSED_BATCH_NORM`) until its ONNX export is fixed (jax2onnx emitted a float64 Pad after it for vgg_tiny).
+FUSED_BATCH_NORM = functools.partial(norm_lib.BatchNorm, momentum=0.9, epsilon=1e-5)
 HE_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")       # torchvision's ResNet/VGG conv init
 
 
@@ -33,9 +38,24 @@ def apply_norm(norm: Optional[Callable], x: Array, train: bool, name: str) -> Ar
   if norm is None:
     return x
   module = norm(name=name)
-  if isinstance(module, nn.BatchNorm):
+  if isinstance(module, (nn.BatchNorm, norm_lib.BatchNorm)):
     return module(x, use_running_average=not train)
   return module(x)
+
+
+def fuses_relu(norm: Optional[Callable], act: Callable, activation: Act) -> bool:
+  """Whether norm -> act can run as one fused op: a norm that says it fuses (norm.BatchNorm) and a plain 'relu'."""
+  cls = getattr(norm, "func", norm)
+  return (getattr(cls, "fuses_act", False) is True and act is layers.Activation and isinstance(activation, str)
+          and activation == "relu")
+
+
+def norm_act(norm: Optional[Callable], act: Callable, activation: Act, x: Array, train: bool, norm_name: str,
+             act_name: str) -> Array:
+  """norm then activation; where `fuses_relu`, BatchNorm+ReLU in one VJP (same variables, same values)."""
+  if fuses_relu(norm, act, activation):
+    return norm(name=norm_name)(x, use_running_average=not train, act="relu")
+  return act(activation, name=act_name)(apply_norm(norm, x, train, norm_name), train=train)
 
 
 def same_pads(kernel_size: Sequence[int]) -> list[tuple[int, int]]:
@@ -66,8 +86,9 @@ class ConvBlock(nn.Module):
     padding = same_pads(ks) if self.padding is None else self.padding
     x = self.conv(self.features, ks, strides=self.strides, padding=padding, use_bias=self.norm is None,
                   init_scale=self.init_scale, name="conv")(x)                          # [B, H/s, W/s, features]
-    x = apply_norm(self.norm, x, train, "norm")
-    return self.act(self.activation, name="act")(x, train=train) if self.use_act else x
+    if self.use_act:
+      return norm_act(self.norm, self.act, self.activation, x, train, "norm", "act")
+    return apply_norm(self.norm, x, train, "norm")
 
 
 def _parts(m: nn.Module) -> dict:
@@ -158,8 +179,7 @@ class PreActConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = apply_norm(self.norm, x, train, "norm")
-    x = self.act(self.activation, name="act")(x, train=train)
+    x = norm_act(self.norm, self.act, self.activation, x, train, "norm", "act")
     ks = tuple(self.kernel_size)
     return self.conv(self.features, ks, padding=same_pads(ks), use_bias=False, init_scale=self.init_scale,
                      name="conv")(x)

@@ -12,6 +12,7 @@ See benchmarks/conv_lowering.py.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence, Union
 
 import flax.linen as nn
@@ -214,9 +215,44 @@ def conv_native(x: Array, kernel: Array, strides, pads, dilation) -> Array:
   return lax.conv_general_dilated(x, kernel, strides, pads, rhs_dilation=dilation, dimension_numbers=dn)
 
 
+# XLA:CPU's native convolution is slow for 1x1 kernels (a plain matmul is better: 'patches' is one) and very slow for
+# outputs under 4x4 (VGG's 2x2x512 layers: 100x); elsewhere on 3x3 layers it beat im2col 1.0-3.9x in training, at
+# the top level of a program (benchmarks/conv_lowering.py, docs/performance.md, 2-core AMD EPYC Zen 5, jax 0.10.2).
+# Inside a loop body (lax.scan: chunked steps, CPU sweeps) it ran 16x slower than im2col: 'auto' uses patches there.
+NATIVE_MIN_OUT = 4
+
+
+def shape_lowering(kernel: Sequence[int], out_spatial: Sequence[int]) -> str:
+  """The CPU lowering for one layer: 'native' for kernels of more than one tap whose output is at least
+  NATIVE_MIN_OUT in every spatial dim, else 'patches'."""
+  return "native" if math.prod(kernel) > 1 and min(out_spatial) >= NATIVE_MIN_OUT else "patches"
+
+
+def in_loop_body() -> bool:
+  """Whether the current trace is nested inside another staged program (a lax.scan / map / while / cond body, a remat
+  or custom-VJP function) or under vmap: where XLA:CPU's native conv is slow (loop bodies: 16x) or grouped (vmap).
+  Reads JAX's trace stack (jax._src.core.trace_ctx, jax 0.10); if that is unavailable, says True (the safe answer)."""
+  try:
+    from jax._src import core  # pylint: disable=g-import-not-at-top
+    t, staged = core.trace_ctx.trace, 0
+    while t is not None:
+      name = type(t).__name__
+      if name == "BatchTrace":
+        return True
+      staged += name == "DynamicJaxprTrace"
+      t = getattr(t, "parent_trace", None)
+    return staged > 1
+  except Exception:  # pylint: disable=broad-except
+    return True
+
+
 def default_lowering() -> str:
-  """'patches' on CPU (faster there, and vmap-friendly), 'native' on GPU/TPU (cuDNN / TPU convs are the fast path)."""
-  return "patches" if jax.default_backend() == "cpu" else "native"
+  """'native' on GPU/TPU (cuDNN / TPU convs are the fast path). On CPU 'shape' (layers.shape_lowering per layer) at the
+  top level of a program, and 'patches' in loop bodies and under vmap (chunked steps, CPU sweeps), where XLA:CPU's
+  native conv is slow: measured in docs/performance.md."""
+  if jax.default_backend() != "cpu":
+    return "native"
+  return "patches" if in_loop_body() else "shape"
 
 
 class Conv(nn.Module):
@@ -232,7 +268,9 @@ class Conv(nn.Module):
   use_bias: bool = True
   init_scale: Union[float, Array] = 1.0
   kernel_init: Callable = DEFAULT_KERNEL_INIT
-  lowering: str = "auto"   # 'auto' | 'patches' | 'native'
+  # 'auto' (default_lowering: per layer shape on CPU, im2col in loop bodies / under vmap; native on GPU/TPU) |
+  # 'patches' | 'native' | 'shape' (layers.shape_lowering, wherever traced)
+  lowering: str = "auto"
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -250,6 +288,10 @@ class Conv(nn.Module):
                          f"{ks} kernel (padding {pads}); use a larger input, padding, or fewer downsampling layers")
     kernel = self.param("kernel", scaled(self.kernel_init, self.init_scale), ks + (x.shape[-1], self.features))
     lowering = default_lowering() if self.lowering == "auto" else self.lowering
+    if lowering == "shape":
+      out = [conv_output_size(n + lo + hi, k, 0, s, d) for n, k, (lo, hi), s, d in zip(x.shape[1:-1], ks, pads, strides,
+                                                                                         dilation)]
+      lowering = shape_lowering(ks, out)
     fn = conv_patches if lowering == "patches" else conv_native
     y = fn(x, kernel.astype(x.dtype), strides, pads, dilation)
     if self.use_bias:

@@ -242,9 +242,16 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, ti
   if num_processes == 1:
     return
   _handshake(coordinator_address, num_processes, process_id, timeout_s)
+  same_cpu_chunks()
   jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU devices (GPUs use NCCL regardless)
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id, initialization_timeout=int(max(timeout_s, 1)))
+
+
+def same_cpu_chunks():
+  """Every process must compile the same program, so none measures its own CPU chunk size (jcnn.machine): all use
+  train.MICRO_BATCH_CPU, or $JCNN_MICRO_BATCH_CPU when set."""
+  os.environ["JCNN_MACHINE_CACHE"] = "0"
 
 
 def _handshake(address: str, n: int, pid: int, timeout_s: float):

@@ -190,15 +190,19 @@ def _apply(model, params, batch_stats, x, train, rng):
   return logits, batch_stats
 
 
-# The CPU step runs its batch in chunks of this many examples (gradients summed, one update): the activations and
-# patch tensors of a chunk stay in cache. Measured on 2 cores (benchmarks/throughput.py, docs/performance.md): 1.15x
-# at batch 64 and 1.7x at batch 256 against the whole batch at once; chunks of 8 were no faster, 32 slower.
+# The CPU step runs its batch in chunks (gradients summed, one update): the activations and patch tensors of a chunk
+# stay in cache. How big a chunk is best depends on the machine (docs/performance.md: chunks of 16 won 1.15x at batch
+# 64 and 1.7x at batch 256 on a 2-core AMD EPYC; the whole batch won at 64 on a 2-core Intel Xeon), so the automatic
+# size comes from machine.cpu_micro_batch: measured once per machine and batch, cached (JCNN_MACHINE_CACHE);
+# MICRO_BATCH_CPU where nothing is measured (tests) and for batches above MICRO_BATCH_PROBE_MAX (evaluation batches).
 MICRO_BATCH_CPU = 16
+MICRO_BATCH_PROBE_MAX = 512
 
 
 def micro_batch_size(batch: int, micro_batch: int = 0, batch_norm: bool = False) -> int:
-  """Examples per chunk of one step. `micro_batch` 0 = automatic: MICRO_BATCH_CPU on CPU, the whole batch on GPU/TPU
-  and for training models with BatchNorm (chunks would change their batch statistics; evaluation may always chunk).
+  """Examples per chunk of one step. `micro_batch` 0 = automatic: on CPU the per-machine choice
+  (`machine.cpu_micro_batch`; MICRO_BATCH_CPU when not measured), the whole batch on GPU/TPU and for training models
+  with BatchNorm (chunks would change their batch statistics; evaluation may always chunk).
   A size that does not divide the batch becomes the largest divisor below it (automatic: the whole batch if that
   divisor is under 8)."""
   if micro_batch < 0:
@@ -207,7 +211,8 @@ def micro_batch_size(batch: int, micro_batch: int = 0, batch_norm: bool = False)
   if auto:
     if batch_norm or jax.default_backend() != "cpu":
       return batch
-    micro_batch = MICRO_BATCH_CPU
+    from jcnn import machine  # pylint: disable=g-import-not-at-top  (machine's probe imports this module)
+    micro_batch = machine.cpu_micro_batch(batch) if batch <= MICRO_BATCH_PROBE_MAX else MICRO_BATCH_CPU
   m = min(micro_batch, batch)
   while batch % m:
     m -= 1

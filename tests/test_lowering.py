@@ -73,6 +73,53 @@ def test_conv_module_lowerings_share_parameters():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_shape_lowering_rule_and_values(monkeypatch):
+  """'shape' picks native for multi-tap kernels with outputs >= NATIVE_MIN_OUT per dim, patches otherwise; same values."""
+  assert layers.shape_lowering((3, 3), (8, 8)) == "native"
+  assert layers.shape_lowering((3, 3), (4, 4)) == "native"
+  assert layers.shape_lowering((3, 3), (2, 2)) == "patches"            # VGG's last stage: native is ~100x slower
+  assert layers.shape_lowering((1, 1), (32, 32)) == "patches"          # a 1x1 conv is a matmul
+  chosen = []
+  for name in ("native", "patches"):
+    fn = getattr(layers, f"conv_{name}")
+    monkeypatch.setattr(layers, f"conv_{name}", lambda *a, fn=fn, name=name: chosen.append(name) or fn(*a))
+  for spatial, ks, strides, want in (((8, 8), (3, 3), 1, "native"), ((8, 8), (3, 3), 2, "native"),
+                                     ((3, 3), (3, 3), 1, "patches"), ((8, 8), (1, 1), 1, "patches"),
+                                     ((8, 8), (3, 3), 4, "patches")):                # 8 / 4 -> 2x2 output
+    x = jax.random.normal(jax.random.key(2), (2,) + spatial + (3,))
+    conv = layers.Conv(4, ks, strides=strides, padding="SAME", lowering="shape")
+    v = conv.init(jax.random.key(0), x)
+    chosen.clear()
+    with jax.default_matmul_precision("highest"):
+      y = conv.apply(v, x)
+      assert chosen == [want], (spatial, ks, strides)
+      np.testing.assert_allclose(y, conv.clone(lowering="patches").apply(v, x), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_lowering_is_patches_in_loop_bodies_and_under_vmap(monkeypatch):
+  """CPU 'auto': the shape rule at a program's top level (under jit and grad), im2col inside lax.scan (chunked steps,
+  CPU sweeps) and under vmap, where XLA:CPU's native conv is slow or grouped."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the rule is the CPU one")
+  chosen = []
+  for name in ("native", "patches"):
+    fn = getattr(layers, f"conv_{name}")
+    monkeypatch.setattr(layers, f"conv_{name}", lambda *a, fn=fn, name=name: chosen.append(name) or fn(*a))
+  conv = layers.Conv(4, (3, 3), padding="SAME")
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  v = conv.init(jax.random.key(0), x)
+  loss = lambda p, x: conv.apply(p, x).sum()
+  cases = {"jit(grad)": lambda: jax.jit(jax.grad(loss))(v, x),
+           "scan": lambda: jax.jit(lambda v, x: jax.lax.scan(lambda c, xi: (c + jax.grad(loss)(v, xi[None])["params"]
+                                                                            ["kernel"].sum(), None), 0.0, x)[0])(v, x),
+           "vmap": lambda: jax.jit(jax.vmap(loss, (None, 0)))(v, x[:, None])}
+  want = {"jit(grad)": "native", "scan": "patches", "vmap": "patches"}
+  for case, run in cases.items():
+    chosen.clear()
+    run()
+    assert set(chosen) == {want[case]}, case
+
+
 POOLS = [  # (spatial, window, strides, padding)
     ((9, 7), (2, 2), None, "VALID"),       # odd sizes: the last row/column is dropped
     ((9, 9), (3, 3), (2, 2), "VALID"),     # overlapping

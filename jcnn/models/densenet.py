@@ -47,8 +47,7 @@ class DenseNet(nn.Module):
       if i < len(self.block_sizes) - 1:
         x = blocks.Transition(int(x.shape[-1] * self.compression), self.dropout_rate, **parts,
                               name=f"transition{i + 1}")(x, train=train)             # [B, h/2, w/2, C * compression]
-    x = blocks.apply_norm(self.norm, x, train, "final_norm")
-    x = layers.Activation(self.activation, name="final_act")(x, train=train)
+    x = blocks.norm_act(self.norm, layers.Activation, self.activation, x, train, "final_norm", "final_act")
     x = layers.global_avg_pool(x)                                                     # [B, C]
     return layers.Dense(self.num_classes, init_scale=self.init_scale, name="head")(x)  # [B, classes] logits
 

@@ -218,7 +218,7 @@ def conv_native(x: Array, kernel: Array, strides, pads, dilation) -> Array:
 # XLA:CPU's native convolution is slow for 1x1 kernels (a plain matmul is better: 'patches' is one) and very slow for
 # outputs under 4x4 (VGG's 2x2x512 layers: 100x); elsewhere on 3x3 layers it beat im2col 1.0-3.9x in training, at
 # the top level of a program (benchmarks/conv_lowering.py, docs/performance.md, 2-core AMD EPYC Zen 5, jax 0.10.2).
-# Inside a loop body (lax.scan: chunked steps, CPU sweeps) it ran 16x slower than im2col: 'auto' uses patches there.
+# Inside a loop body (lax.scan: chunked steps, CPU sweeps) it ran 16x slower than im2col, so 'auto' stays im2col.
 NATIVE_MIN_OUT = 4
 
 
@@ -228,31 +228,15 @@ def shape_lowering(kernel: Sequence[int], out_spatial: Sequence[int]) -> str:
   return "native" if math.prod(kernel) > 1 and min(out_spatial) >= NATIVE_MIN_OUT else "patches"
 
 
-def in_loop_body() -> bool:
-  """Whether the current trace is nested inside another staged program (a lax.scan / map / while / cond body, a remat
-  or custom-VJP function) or under vmap: where XLA:CPU's native conv is slow (loop bodies: 16x) or grouped (vmap).
-  Reads JAX's trace stack (jax._src.core.trace_ctx, jax 0.10); if that is unavailable, says True (the safe answer)."""
-  try:
-    from jax._src import core  # pylint: disable=g-import-not-at-top
-    t, staged = core.trace_ctx.trace, 0
-    while t is not None:
-      name = type(t).__name__
-      if name == "BatchTrace":
-        return True
-      staged += name == "DynamicJaxprTrace"
-      t = getattr(t, "parent_trace", None)
-    return staged > 1
-  except Exception:  # pylint: disable=broad-except
-    return True
-
-
 def default_lowering() -> str:
-  """'native' on GPU/TPU (cuDNN / TPU convs are the fast path). On CPU 'shape' (layers.shape_lowering per layer) at the
-  top level of a program, and 'patches' in loop bodies and under vmap (chunked steps, CPU sweeps), where XLA:CPU's
-  native conv is slow: measured in docs/performance.md."""
+  """'native' on GPU/TPU (cuDNN / TPU convs are the fast path); 'patches' on CPU, wherever the conv is traced.
+  'shape' (per layer, native for 3x3 layers at the top level of a program) trained ResNet-20 1.45-1.62x faster, but a
+  sweep's variants run inside a loop body, where native is 16x slower: a run and its sweep variant would then use
+  different lowerings and round differently, and "variant k = its standalone run" needs one lowering for both. So
+  'shape' is opt-in per layer (Conv(lowering='shape')); measured in docs/performance.md."""
   if jax.default_backend() != "cpu":
     return "native"
-  return "patches" if in_loop_body() else "shape"
+  return "patches"
 
 
 class Conv(nn.Module):
@@ -268,7 +252,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   init_scale: Union[float, Array] = 1.0
   kernel_init: Callable = DEFAULT_KERNEL_INIT
-  # 'auto' (default_lowering: per layer shape on CPU, im2col in loop bodies / under vmap; native on GPU/TPU) |
+  # 'auto' (default_lowering: im2col on CPU, native on GPU/TPU) |
   # 'patches' | 'native' | 'shape' (layers.shape_lowering, wherever traced)
   lowering: str = "auto"
 

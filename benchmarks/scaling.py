@@ -109,16 +109,11 @@ def main(argv=None):
     print(f"| {d} | {dr['images_per_second']:,.0f} | {dr['images_per_second'] / base['data']:.2f} | "
           f"{vr['images_per_second']:,.0f} | {vr['images_per_second'] / base['variant']:.2f} |")
   if a.out:
-    machine = {}
-    try:
-      import platform  # pylint: disable=g-import-not-at-top
-      model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "")
-      machine = {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
-    except OSError:
-      pass
+    sys.path.insert(0, ROOT)
+    from jcnn import machine  # pylint: disable=g-import-not-at-top
     with open(a.out, "w") as f:
       json.dump({"command": " ".join(["python", "benchmarks/scaling.py", *(argv or sys.argv[1:])]),
-                 "date": time.strftime("%Y-%m-%d"), "machine": machine, "forced_cpu_devices": not a.real,
+                 "date": time.strftime("%Y-%m-%d"), "machine": machine.record(), "forced_cpu_devices": not a.real,
                  "batch": a.batch, "variants": a.variants, "rows": rows}, f, indent=1)
     print(f"wrote {a.out}")
 

@@ -135,42 +135,42 @@ def _key(batch: int) -> str:
 def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float = 0.15) -> dict:
   """Times the Keras convnet's train step (train.make_train_step, RMSprop) at `batch` on the whole batch and in each
   candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median}}.
-  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. About 3-4 s with compiling (2 programs of ~1 s each); measured once per machine and batch."""
+  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. 3-9 s with compiling (two programs),
+  measured once per machine and batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jcnn import models, train  # pylint: disable=g-import-not-at-top
 
-  if True:  # pylint: disable=using-constant-test
-    model = models.get({"name": "convnet"}, num_classes=10)
-    tx = train.make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
+  model = models.get({"name": "convnet"}, num_classes=10)
+  tx = train.make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
 
-    @jax.jit
-    def setup():   # one program (op-by-op set-up would compile ~100 small ones: seconds)
-      x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
-      params = model.init(jax.random.key(2), x[:1])["params"]
-      return train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, batch_stats={},
-                              opt_state=tx.init(params)), x, jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+  @jax.jit
+  def setup():   # one program (op-by-op set-up would compile ~100 small ones: seconds)
+    x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
+    params = model.init(jax.random.key(2), x[:1])["params"]
+    return train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, batch_stats={},
+                            opt_state=tx.init(params)), x, jax.random.randint(jax.random.key(1), (batch,), 0, 10)
 
-    state0, x, y = setup()
-    sizes = [batch] + sorted({d for d in (train.micro_batch_size(batch, m) for m in candidates) if 8 <= d < batch})
-    key = jax.random.key(3)
-    compile_one = lambda m: jax.jit(train.make_train_step(model, tx, micro_batch=m)).lower(state0, x, y, key).compile()
-    with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:   # XLA compiles mostly on one core: overlap them
-      steps = dict(zip(sizes, pool.map(compile_one, sizes)))
-    states = {m: jax.block_until_ready(steps[m](state0, x, y, key)[0]) for m in sizes}
-    reps = {}
-    for m in sizes:   # steps per window from one timed step
+  state0, x, y = setup()
+  sizes = [batch] + sorted({d for d in (train.micro_batch_size(batch, m) for m in candidates) if 8 <= d < batch})
+  key = jax.random.key(3)
+  compile_one = lambda m: jax.jit(train.make_train_step(model, tx, micro_batch=m)).lower(state0, x, y, key).compile()
+  with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:   # XLA compiles mostly on one core: overlap them
+    steps = dict(zip(sizes, pool.map(compile_one, sizes)))
+  states = {m: jax.block_until_ready(steps[m](state0, x, y, key)[0]) for m in sizes}
+  reps = {}
+  for m in sizes:   # steps per window from one timed step
+    t0 = time.perf_counter()
+    states[m] = jax.block_until_ready(steps[m](states[m], x, y, key)[0])
+    reps[m] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-6)))
+  rates = {m: [] for m in sizes}
+  for _ in range(windows):
+    for m in sizes:
       t0 = time.perf_counter()
-      states[m] = jax.block_until_ready(steps[m](states[m], x, y, key)[0])
-      reps[m] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-6)))
-    rates = {m: [] for m in sizes}
-    for _ in range(windows):
-      for m in sizes:
-        t0 = time.perf_counter()
-        for _ in range(reps[m]):
-          states[m] = steps[m](states[m], x, y, key)[0]
-        jax.block_until_ready(states[m])
-        rates[m].append(reps[m] * batch / (time.perf_counter() - t0))
+      for _ in range(reps[m]):
+        states[m] = steps[m](states[m], x, y, key)[0]
+      jax.block_until_ready(states[m])
+      rates[m].append(reps[m] * batch / (time.perf_counter() - t0))
   med = {m: float(np.median(r)) for m, r in rates.items()}
   best = max(sizes[1:], key=med.get, default=batch)
   chunk = best if best != batch and med[best] >= PROBE_MARGIN * med[batch] else batch

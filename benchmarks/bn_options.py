@@ -7,8 +7,8 @@
 
 Options (all exact: full-batch statistics in training, the same variables; tests/test_norm.py):
   flax    flax nn.BatchNorm, activation separate
-  vjp     jcnn.norm.BatchNorm: one-pass-of-sums custom VJP, activation separate
-  fused   jcnn.norm.BatchNorm with the following ReLU inside the same VJP (blocks.norm_act; blocks.FUSED_BATCH_NORM)
+  vjp     jcnn.nn.norm.BatchNorm: one-pass-of-sums custom VJP, activation separate
+  fused   jcnn.nn.norm.BatchNorm with the following ReLU inside the same VJP (blocks.norm_act; blocks.FUSED_BATCH_NORM)
   none    no normalisation (not the same model: shows what BatchNorm costs)
   OPTION+LOWERING   the same with layers.Conv.lowering set: native, patches, shape (layers.shape_lowering per layer)
 Each is `train.make_train_step` jitted with the state donated (no chunking: BatchNorm), timed in alternating windows
@@ -34,7 +34,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import throughput  # noqa: E402
-from jcnn import blocks, layers, machine, models, norm, train  # noqa: E402
+from jcnn import models, train  # noqa: E402
+from jcnn.nn import blocks, layers, norm  # noqa: E402
+from jcnn.parallel import machine  # noqa: E402
 
 
 class UnfusedBatchNorm(norm.BatchNorm):

@@ -3,8 +3,8 @@
   python benchmarks/checkpoint_cost.py                           # fashion_convnet and ablation_dropout (9 variants)
   python benchmarks/checkpoint_cost.py --saves=9 --out=docs/checkpoint_cost_cpu2.json
 
-Saves the loop's real carried state (loop.RunState, as `loop.run` does, after 20 training steps so the optimizer state
-is not all zeros) with jcnn.checkpoint several times: "blocking"
+Saves the loop's real carried state (program_lib.RunState, as `loop.run` does, after 20 training steps so the optimizer state
+is not all zeros) with jcnn.train.checkpoint several times: "blocking"
 is the time `save` takes before training may go on (the arrays are copied off the device; orbax writes the files in a
 background thread), "total" the time until the files are committed (`wait`). Medians over the saves; bytes are one
 step folder's size on disk.
@@ -23,7 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from experiments import ablation_dropout, fashion_convnet  # noqa: E402
-from jcnn import checkpoint, data as data_lib, loop, machine, sweep, writers  # noqa: E402
+from jcnn import data as data_lib, sweep  # noqa: E402
+from jcnn.parallel import machine  # noqa: E402
+from jcnn.train import checkpoint, loop, program as program_lib, writers  # noqa: E402
 
 
 def folder_bytes(path):
@@ -65,7 +67,7 @@ def main():
   rows = []
   c = fashion_convnet.get_config()
   ds = data_lib.load(c.data)
-  rows.append(measure("fashion_convnet (1 model)", loop.single_program(c, ds), args.saves))
+  rows.append(measure("fashion_convnet (1 model)", program_lib.single_program(c, ds), args.saves))
   c, s = ablation_dropout.get_config(), ablation_dropout.get_sweep()
   variants = sweep.variants_of(c, s)
   fns = sweep.make_group_fns(c, ds, sweep.swept_axes(s))

@@ -28,7 +28,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from jcnn import layers, machine  # noqa: E402
+from jcnn.nn import layers  # noqa: E402
+from jcnn.parallel import machine  # noqa: E402
 
 
 def conv_shifted(x, kernel, strides, pads, dilation):

@@ -20,7 +20,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jcnn import data, machine, models, train  # noqa: E402
+from jcnn import data, models, train  # noqa: E402
+from jcnn.parallel import machine  # noqa: E402
 
 
 def measure(batch: int, windows: int, steps: int) -> dict:

@@ -6,8 +6,8 @@
   python benchmarks/scaling.py --real                   # the machine's own devices (a GPU machine), D = 1..all
 
 Each device count runs in its own subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=D on CPU; on a GPU
-machine the first D GPUs) and times the loop's real program step (`loop.single_program` / `sweep.program` on a
-`jcnn.mesh` mesh): warm-up and compile apart, then the median of several windows. On CPU the forced devices share the
+machine the first D GPUs) and times the loop's real program step (`jcnn.train.program.single_program` / `sweep.program` on a
+`jcnn.parallel.mesh` mesh): warm-up and compile apart, then the median of several windows. On CPU the forced devices share the
 same cores, so the table shows the overhead of splitting (partitioned programs, collectives), not a speed-up: the
 ideal there is 1.0x, not Dx. Ratios are against D = 1 in the same invocation.
 """
@@ -30,14 +30,16 @@ def measure(axis: str, batch: int, variants: int, windows: int, window_s: float)
   sys.path.insert(0, ROOT)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jcnn import config as config_lib, loop, mesh as mesh_lib, sweep  # pylint: disable=g-import-not-at-top
+  from jcnn import config as config_lib, sweep  # pylint: disable=g-import-not-at-top
+  from jcnn.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from jcnn.train import loop, program as program_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.data.name, c.data.synthetic_size = "synthetic", (4096, 256)
   c.train.batch_size = batch
   mesh = mesh_lib.make(c, n_variants=variants if axis == "variant" else None)
   ds = mesh_lib.load(c.data, mesh)
   if axis == "data":
-    program, per_step = loop.single_program(c, ds, mesh), batch
+    program, per_step = program_lib.single_program(c, ds, mesh), batch
   else:
     vs = [config_lib.variant_of(c, seed=s) for s in range(variants)]
     fns = sweep.make_group_fns(c, ds, ["seed"], "auto", mesh)
@@ -110,7 +112,7 @@ def main(argv=None):
           f"{vr['images_per_second']:,.0f} | {vr['images_per_second'] / base['variant']:.2f} |")
   if a.out:
     sys.path.insert(0, ROOT)
-    from jcnn import machine  # pylint: disable=g-import-not-at-top
+    from jcnn.parallel import machine  # pylint: disable=g-import-not-at-top
     with open(a.out, "w") as f:
       json.dump({"command": " ".join(["python", "benchmarks/scaling.py", *(argv or sys.argv[1:])]),
                  "date": time.strftime("%Y-%m-%d"), "machine": machine.record(), "forced_cpu_devices": not a.real,

@@ -3,7 +3,7 @@
   python benchmarks/sweep_throughput.py                      # V = 1 2 4 8 16, batch 64, strategies vmap and map
   python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=sweep.json
 
-"Sequential" is the single-model step of the one loop (`loop.single_program`, what `loop.run` calls per step: jitted,
+"Sequential" is the single-model step of the one loop (`jcnn.train.program.single_program`, what `loop.run` calls per step: jitted,
 donated, batch gathered on the device); V models trained one after another run at its model-images/s. "Sweep" is
 jcnn.sweep's compiled group step (`sweep.program`; dropout rate and seed vary per variant). Windows alternate between the two in one process; each number is the median over windows;
 compile time (first call) is reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
@@ -22,7 +22,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from experiments import fashion_convnet  # noqa: E402
-from jcnn import data as data_lib, loop, machine, sweep  # noqa: E402
+from jcnn import data as data_lib, sweep  # noqa: E402
+from jcnn.parallel import machine  # noqa: E402
+from jcnn.train import loop, program as program_lib  # noqa: E402
 
 
 def timed(fn, steps):
@@ -53,7 +55,7 @@ def main():
   ds = data_lib.load(config.data)
 
   # Sequential baseline: exactly the loop's single-run step.
-  single = loop.single_program(config, ds)
+  single = program_lib.single_program(config, ds)
   batches1 = single.batches(1)
   st = [single.init()]
   t = time.perf_counter()

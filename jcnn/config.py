@@ -11,6 +11,7 @@ written, and a wrong value gets one line naming the field, the value and what is
 """
 from __future__ import annotations
 
+import ast
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -88,7 +89,7 @@ def _models():
 
 
 def _activations():
-  from jcnn import layers  # pylint: disable=g-import-not-at-top
+  from jcnn.nn import layers  # pylint: disable=g-import-not-at-top
   return tuple(layers.ACTIVATIONS)
 
 
@@ -97,7 +98,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 LOSSES = ("cross_entropy", "mse")
 PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
-DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train.py, "Mixed precision")
+DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train/step.py, "Mixed precision")
 
 # ----------------------------------------------------------------------------------------------------------------
 # The schema. Model sections may hold further fields of their model (features, dense, pool, ...): the model's
@@ -135,7 +136,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "loss": Field("cross_entropy", choice(*LOSSES), "cross_entropy, or mse of the softmax against one-hot"),
         "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
         "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: on CPU without "
-                                            "BatchNorm the size measured once per machine, jcnn.machine; else the "
+                                            "BatchNorm the size measured once per machine, jcnn.parallel.machine; else the "
                                             "whole batch)"),
         "dtype": Field("float32", choice(*DTYPES), "compute dtype of the forward and backward passes; parameters, "
                                                    "optimizer state, BatchNorm statistics and the loss stay float32; "
@@ -261,7 +262,7 @@ class Axis(NamedTuple):
 
 
 def _activation_index(name):
-  from jcnn import layers  # pylint: disable=g-import-not-at-top
+  from jcnn.nn import layers  # pylint: disable=g-import-not-at-top
   return layers.activation_index(name)
 
 
@@ -297,4 +298,23 @@ def variant_config(config, variant: dict):
   for a in SWEEP_AXES:
     c[a.section][a.field] = variant[a.name]
   c.train.seed = variant["seed"]
+  return c
+
+
+def apply_group(config, group: str):
+  """A copy of config with one 'a.b=value' override applied (value is a Python literal)."""
+  key, _, value = group.partition("=")
+  c = ml_collections.ConfigDict(config.to_dict())
+  node = c
+  *path, last = key.strip().split(".")
+  for p in path:
+    if p not in node or not hasattr(node[p], "items"):
+      raise ConfigError(f"sweep group {group!r}: config has no section {p!r}; write it as 'model.features=(16, 32)'")
+    node = node[p]
+  if last not in node:
+    raise ConfigError(f"sweep group {group!r}: config.{key.strip()} is not a config key")
+  try:
+    node[last] = ast.literal_eval(value.strip())
+  except (ValueError, SyntaxError, TypeError) as e:
+    raise ConfigError(f"sweep group {group!r}: {e}; write it as 'model.features=(16, 32, 32)'") from None
   return c

@@ -99,7 +99,7 @@ def _variant_index(workdir: str, variant) -> int | None:
 def load(workdir: str, variant: int | dict | None = None) -> Predictor:
   """The newest checkpoint of the run in `workdir` as a Predictor (a sweep: `variant`, an index into variants.jsonl
   or a dict of its hyperparameters; a diverged variant is refused)."""
-  from jcnn import checkpoint  # pylint: disable=g-import-not-at-top
+  from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top
   trained = checkpoint.load_trained(workdir, _variant_index(workdir, variant))
   config, data = trained["config"], trained["meta"]["data"]
   return predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,

@@ -13,7 +13,7 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Tests do not share compiled programs through ~/.cache (hermetic); tests/test_launch.py checks the cache itself.
 os.environ["JCNN_COMPILATION_CACHE"] = "0"
-# Nor do they measure the machine or write its per-machine choices (jcnn.machine): the chunk size is the fixed default.
+# Nor do they measure the machine or write its per-machine choices (jcnn.parallel.machine): the chunk size is the fixed default.
 os.environ["JCNN_MACHINE_CACHE"] = "0"
 os.environ.pop("JCNN_MICRO_BATCH_CPU", None)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, require_torch
-from jcnn import models, summary
+from jcnn import models
+from jcnn.inspect import summary
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import throughput  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -18,7 +18,9 @@ import pytest
 from conftest import ROOT
 
 from experiments import ablation_dropout
-from jcnn import checkpoint, loop, sweep
+from jcnn import sweep
+from jcnn.sweep import lift
+from jcnn.train import checkpoint, loop, program as program_lib, train_and_evaluate, workdir as workdir_lib
 from jcnn.errors import ConfigError, Diverged, Interrupted
 
 
@@ -69,20 +71,20 @@ def rows(path, drop=("epoch_seconds",)):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ref") / "run")
-  return workdir, loop.train_and_evaluate(tiny_config(), workdir)
+  return workdir, train_and_evaluate(tiny_config(), workdir)
 
 
 def test_single_run_resumes_bit_identical(uninterrupted, tmp_path, monkeypatch):
   ref_dir, ref = uninterrupted
   workdir = str(tmp_path / "run")
   with monkeypatch.context() as m:
-    interrupt_at(m, loop, "single_program", at=8)    # step 8: inside epoch 2
+    interrupt_at(m, program_lib, "single_program", at=8)    # step 8: inside epoch 2
     with pytest.raises(Interrupted) as e:
-      loop.train_and_evaluate(tiny_config(), workdir)
+      train_and_evaluate(tiny_config(), workdir)
   assert e.value.step == 8 and e.value.exit_code == 130
   assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == 8
   assert not os.path.exists(os.path.join(workdir, "results.json"))
-  out = loop.train_and_evaluate(tiny_config(), workdir)       # the same call again: resumes at step 8
+  out = train_and_evaluate(tiny_config(), workdir)       # the same call again: resumes at step 8
   assert same_tree(out["state"], ref["state"])
   strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in h]
   assert strip(out["history"]) == strip(ref["history"])
@@ -90,7 +92,7 @@ def test_single_run_resumes_bit_identical(uninterrupted, tmp_path, monkeypatch):
   with open(os.path.join(workdir, "config.json")) as f:
     assert len(json.load(f)["resumed"]) == 1
   with pytest.raises(ConfigError, match="already holds a finished run"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(tiny_config(), workdir)
   trained = checkpoint.load_trained(workdir)          # what inference and inspection load
   assert trained["step"] == 15 and same_tree(trained["variables"]["params"], ref["state"].params)
   assert trained["meta"]["data"] == {"num_classes": 10, "input_shape": [20, 20, 1], "input_dtype": "float32",
@@ -105,7 +107,7 @@ def test_sweep_resumes_bit_identical(tmp_path, monkeypatch):
   ref = sweep.run_sweep(tiny_config(), s, str(tmp_path / "ref"))
   workdir = str(tmp_path / "sweep")
   with monkeypatch.context() as m:
-    interrupt_at(m, sweep, "program", at=15 + 12, signum=signal.SIGTERM)   # the second program's step 12
+    interrupt_at(m, lift, "program", at=15 + 12, signum=signal.SIGTERM)   # the second program's step 12
     with pytest.raises(Interrupted) as e:
       sweep.run_sweep(tiny_config(), s, workdir)
   assert e.value.exit_code == 143 and e.value.step == 12
@@ -163,12 +165,57 @@ def test_sigterm_from_outside_saves_and_the_same_command_resumes(tmp_path):
     assert json.load(f)["final"]["step"] == epochs * 64
 
 
+def _files(folder: str) -> dict:
+  return {os.path.join(d, f): (os.path.getsize(os.path.join(d, f)), os.path.getmtime(os.path.join(d, f)))
+          for d, _, fs in os.walk(folder) for f in fs}
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_held_workdir_is_refused_and_the_first_finishes_as_if_alone(tmp_path):
+  """Two launch.py processes on one --workdir: the second is refused at once, naming the first; the first, frozen
+  meanwhile with SIGSTOP so the second surely meets it mid-training, then finishes exactly as a lone run does."""
+  args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.data.synthetic_size=(256,64)",
+          "--config.train.epochs=2", "--config.train.batch_size=16", "--config.train.log_every=1"]
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, os.path.join(ROOT, "launch.py"), *args, f"--workdir={workdir}"]
+  first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 120
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
+    assert first.poll() is None, first.communicate()[1]
+    time.sleep(0.05)
+  first.send_signal(signal.SIGSTOP)
+  try:
+    before = _files(workdir)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    after = _files(workdir)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  lines = [line for line in second.stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "I0000",
+                                                                                               "W0000"))]
+  assert second.returncode == 2 and len(lines) == 1, second.stderr
+  assert lines[0].startswith(f"error: --workdir {workdir} is in use by process {first.pid} on ") and \
+      "launch.py --experiment=fashion_convnet" in lines[0] and lines[0].endswith("or pass another --workdir"), lines
+  assert after == before                                   # the refused run wrote nothing and removed nothing
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err
+  # The same run alone, in this process: the same epoch rows and parameters.
+  from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
+  c = fashion_convnet.get_config()
+  c.data.name, c.data.synthetic_size = "synthetic", (256, 64)
+  c.train.epochs, c.train.batch_size, c.train.log_every = 2, 16, 1
+  alone = train_and_evaluate(c, str(tmp_path / "alone"))
+  assert rows(metrics) == rows(os.path.join(tmp_path, "alone", "metrics.jsonl"))
+  trained = checkpoint.load_trained(workdir)
+  assert trained["step"] == 32 and same_tree(trained["variables"]["params"], alone["state"].params)
+
+
 def test_a_save_killed_with_sigkill_leaves_the_previous_checkpoint(tmp_path):
   """A ~256 MB state: step 1 is saved whole, then the process is killed -9 while step 2 is being written."""
   script = f"""
 import sys; sys.path.insert(0, {ROOT!r})
 import jax.numpy as jnp
-from jcnn import checkpoint
+from jcnn.train import checkpoint
 ck = checkpoint.Checkpoints({str(tmp_path / 'ck')!r}, keep=3)
 tree = {{"w": jnp.arange(64 * 2**20, dtype=jnp.int32), "step": jnp.int32(1)}}
 ck.save(1, tree, {{"history": []}}); ck.wait()
@@ -212,30 +259,58 @@ def test_missing_checkpoint_folder(uninterrupted, tmp_path):
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
   before = open(os.path.join(workdir, "metrics.jsonl")).read()
   with pytest.raises(ConfigError, match=r"holds a run \(config.json\) but no checkpoint to resume from .*new --workdir"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(tiny_config(), workdir)
   assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
 
 
-def test_truncated_checkpoint(uninterrupted, tmp_path):
+def _truncate_largest_file(step_dir: str) -> str:
+  """Cuts the largest file under a step's folder to half its size (a disk that filled, a copy that broke off)."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  victim = max(files, key=os.path.getsize)
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  return victim
+
+
+def test_an_unreadable_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one_before(uninterrupted, tmp_path,
+                                                                                           capsys):
+  ref_dir, ref = uninterrupted
+  workdir = _finished_copy(uninterrupted, tmp_path)            # checkpoint.keep = 2: steps 10 and 15 are on disk
+  ckpts = os.path.join(workdir, "checkpoints")
+  assert sorted(d for d in os.listdir(ckpts) if d.isdigit()) == ["10", "15"]
+  _truncate_largest_file(os.path.join(ckpts, "15"))
+  out = train_and_evaluate(tiny_config(), workdir)
+  printed = capsys.readouterr().out.splitlines()
+  skipped = [line for line in printed if "cannot be read" in line]
+  assert len(skipped) == 1 and f"checkpoint {ckpts}/15 cannot be read (" in skipped[0] and \
+      "skipped (kept as 15.unreadable)" in skipped[0], skipped
+  assert any(line.startswith("resumed from the checkpoint at step 10 ") for line in printed)
+  assert same_tree(out["state"], ref["state"])                 # steps 11-15 again: exactly the uninterrupted run
+  assert rows(os.path.join(workdir, "metrics.jsonl")) == rows(os.path.join(ref_dir, "metrics.jsonl"))
+  assert os.path.isdir(os.path.join(ckpts, "15.unreadable"))   # kept for a look, out of orbax's sight
+  assert checkpoint.Checkpoints(ckpts).latest_step() == 15     # saved anew by the resumed run
+
+
+def test_when_no_checkpoint_can_be_read_the_error_says_so(uninterrupted, tmp_path):
   workdir = _finished_copy(uninterrupted, tmp_path)
-  step_dir = os.path.join(workdir, "checkpoints", "15")
-  shutil.rmtree(os.path.join(step_dir, "state"))
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/15 cannot be read .* delete .*checkpoints/15 "
-                                                       r"to resume from an earlier checkpoint"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+  for step in ("10", "15"):
+    _truncate_largest_file(os.path.join(workdir, "checkpoints", step))
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/10 cannot be read \(.*\): truncated or damaged; no "
+                                                       r"earlier checkpoint can be read either: pass a new --workdir"):
+    train_and_evaluate(tiny_config(), workdir)
 
 
 def test_not_a_jcnn_checkpoint(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "run")
-  loop.prepare_workdir(workdir, tiny_config(), "results.json")
-  loop.write_config(workdir, tiny_config(), False)
+  workdir_lib.prepare_workdir(workdir, tiny_config(), "results.json")
+  workdir_lib.write_config(workdir, tiny_config(), False)
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.zeros(3)}),
                                        meta=ocp.args.JsonSave({"framework": "other"})))
   mngr.wait_until_finished()
   with pytest.raises(checkpoint.CheckpointError, match="(not a jcnn checkpoint|different model)"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(tiny_config(), workdir)
 
 
 def test_checkpoint_of_another_model_names_the_parameter(uninterrupted, tmp_path):
@@ -243,12 +318,12 @@ def test_checkpoint_of_another_model_names_the_parameter(uninterrupted, tmp_path
   workdir = str(tmp_path / "wide")
   wide = tiny_config()
   wide.model.dense = 32
-  loop.prepare_workdir(workdir, wide, "results.json")
-  loop.write_config(workdir, wide, False)
+  workdir_lib.prepare_workdir(workdir, wide, "results.json")
+  workdir_lib.write_config(workdir, wide, False)
   shutil.copytree(os.path.join(src, "checkpoints"), os.path.join(workdir, "checkpoints"))
   with pytest.raises(checkpoint.CheckpointError, match=r"parameter dense1/bias has shape \(16,\) in the checkpoint, "
                                                        r"\(32,\) here"):
-    loop.train_and_evaluate(wide, workdir)
+    train_and_evaluate(wide, workdir)
 
 
 def test_resuming_with_another_config_names_the_keys(uninterrupted, tmp_path):
@@ -258,9 +333,9 @@ def test_resuming_with_another_config_names_the_keys(uninterrupted, tmp_path):
   c.optim.learning_rate = 0.01
   with pytest.raises(ConfigError, match=r"another config \(optim.learning_rate: 0.001 -> 0.01, "
                                         r"train.batch_size: 16 -> 8\)"):
-    loop.train_and_evaluate(c, workdir)
+    train_and_evaluate(c, workdir)
   c = tiny_config(epochs=4)          # training longer is allowed: it resumes from the end of epoch 3
-  out = loop.train_and_evaluate(c, workdir)
+  out = train_and_evaluate(c, workdir)
   assert [r["epoch"] for r in out["history"]] == [1, 2, 3, 4] and out["history"][-1]["step"] == 20
 
 
@@ -276,10 +351,10 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
   with pytest.raises(checkpoint.CheckpointError, match=r"no space left on the device while saving checkpoint step 10 "
                                                        r"in .*; the previous checkpoint \(step 5\) is kept; free some "
                                                        r"space and run the same command to resume"):
-    loop.train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(tiny_config(), workdir)
   monkeypatch.undo()
   assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == 5
-  out = loop.train_and_evaluate(tiny_config(), workdir)     # space freed: the same command resumes and finishes
+  out = train_and_evaluate(tiny_config(), workdir)     # space freed: the same command resumes and finishes
   assert out["history"][-1]["step"] == 15
 
 
@@ -292,12 +367,12 @@ def test_diverging_single_run_stops_naming_the_step_and_keeps_its_checkpoint(tmp
   workdir = str(tmp_path / "run")
   with pytest.raises(Diverged, match=r"became NaN/Inf at step (\d+); its last good checkpoint \(step (\d+)\) is kept"
                      ) as e:
-    loop.train_and_evaluate(c, workdir)
+    train_and_evaluate(c, workdir)
   bad_step = int(str(e.value).split("at step ")[1].split(";")[0])
   assert e.value.exit_code == 3 and not os.path.exists(os.path.join(workdir, "results.json"))
   ck = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
   assert ck.latest_step() <= bad_step
-  state = ck.restore(jax.eval_shape(loop.single_program(c, _ds()).init))[0]
+  state = ck.restore(jax.eval_shape(program_lib.single_program(c, _ds()).init))[0]
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.train.params))
 
 
@@ -306,7 +381,7 @@ def test_checkpoint_every_steps_and_keep(tmp_path):
   c.checkpoint.every_steps = 3
   c.checkpoint.keep = 3
   workdir = str(tmp_path / "run")
-  loop.train_and_evaluate(c, workdir)
+  train_and_evaluate(c, workdir)
   # Saved at 0, 3, 5 (epoch end), 6, 9, 10 (end): the newest three are kept.
   assert sorted(int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit()) == [6, 9, 10]
 

@@ -6,7 +6,7 @@ import pytest
 
 from experiments import fashion_convnet
 from jcnn import config as config_lib
-from jcnn import layers
+from jcnn.nn import layers
 from jcnn.errors import ConfigError
 
 

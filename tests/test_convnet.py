@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from conftest import require_torch
 
-from jcnn import models, summary
+from jcnn import models
+from jcnn.inspect import summary
 from jcnn.errors import ConfigError
 from jcnn.models.convnet import MLP, ConvNet
 

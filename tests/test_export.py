@@ -16,7 +16,8 @@ from conftest import ROOT, write_idx_dataset
 from PIL import Image
 
 from experiments import fashion_convnet
-from jcnn import export, loop, models
+from jcnn import export, models
+from jcnn.train import train_and_evaluate
 
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed (pip install -e '.[export]')")
 
@@ -28,7 +29,7 @@ def tiny_run(tmp_path, **data):
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 16
   c.model.features, c.model.dense = (4, 4, 4), 8
   workdir = str(tmp_path / "run")
-  out = loop.train_and_evaluate(c, workdir)
+  out = train_and_evaluate(c, workdir)
   return c, workdir, out
 
 
@@ -60,7 +61,7 @@ def test_predict_pads_like_training(tmp_path):
   c.data.name, c.data.synthetic_size, c.data.pad = "synthetic", (32, 8), 2
   c.model = type(c.model)({"name": "lenet5", "activation": "tanh", "dropout_rate": 0.0, "init_scale": 1.0})
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 8
-  out = loop.train_and_evaluate(c, str(tmp_path / "run"))
+  out = train_and_evaluate(c, str(tmp_path / "run"))
   p = export.load(str(tmp_path / "run"))
   assert p.raw_shape == (28, 28, 1) and p.input_shape == (32, 32, 1)
   x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
@@ -146,7 +147,7 @@ def test_sweep_variant_by_index_or_hyperparameters_and_failed_refused(tmp_path):
   b = export.load(str(tmp_path / "sw"), {"learning_rate": 0.01})
   x = np.zeros((1, 28, 28, 1), np.uint8)
   np.testing.assert_array_equal(np.asarray(a.predict(x)), np.asarray(b.predict(x)))
-  from jcnn.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+  from jcnn.train.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   with pytest.raises(CheckpointError, match="diverged at step"):
     export.load(str(tmp_path / "sw"), {"learning_rate": 1e12})
 

@@ -202,7 +202,7 @@ def test_workdir_that_is_a_file_and_a_diverged_run(tmp_path, capsys):
 
 
 def test_a_bug_prints_one_line_and_keeps_the_traceback(tmp_path, capsys, monkeypatch):
-  from jcnn import loop  # pylint: disable=g-import-not-at-top
+  from jcnn.train import loop  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(loop, "run", lambda *a, **k: {}["boom"])     # an unanticipated KeyError inside the loop
   code = launch.run(["launch.py", "--experiment=fashion_convnet", *BASE, f"--workdir={tmp_path / 'w'}"])
   err = capsys.readouterr().err

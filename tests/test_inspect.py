@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn import gradflow, inspect, kernels, layers, retrieval
+from jcnn.inspect import cli as inspect_cli, gradflow, retrieval, visualize
+from jcnn.nn import kernels, layers
 from jcnn.models.convnet import ConvNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,17 +74,17 @@ def test_feature_maps_of_conv1_by_hand():
   bias = np.asarray(variables["params"]["conv1"]["bias"])
   hand = np.stack([np.stack([correlate_valid(x[b, :, :, 0], k[:, :, 0, f]) + bias[f] for f in range(4)], -1)
                    for b in range(2)])                      # [2, 10, 10, 4]
-  np.testing.assert_allclose(inspect.feature_maps(model, variables, jnp.asarray(x), "conv1"), hand, atol=1e-5)
-  np.testing.assert_allclose(inspect.feature_maps(model, variables, jnp.asarray(x), "act1"), np.maximum(hand, 0),
+  np.testing.assert_allclose(visualize.feature_maps(model, variables, jnp.asarray(x), "conv1"), hand, atol=1e-5)
+  np.testing.assert_allclose(visualize.feature_maps(model, variables, jnp.asarray(x), "act1"), np.maximum(hand, 0),
                              atol=1e-5)
-  name, kernel = inspect.first_conv_kernel(model, variables, jnp.asarray(x))
+  name, kernel = visualize.first_conv_kernel(model, variables, jnp.asarray(x))
   assert name == "conv1" and np.array_equal(kernel, k)
 
 
 def test_unknown_layer_names_the_layers():
   model, variables = small_convnet()
   try:
-    inspect.feature_maps(model, variables, jnp.zeros((1, 12, 12, 1)), "conv9")
+    visualize.feature_maps(model, variables, jnp.zeros((1, 12, 12, 1)), "conv9")
   except ValueError as e:
     assert "conv9" in str(e) and "conv1" in str(e) and "pool1" in str(e)
   else:
@@ -94,13 +95,13 @@ def test_unknown_layer_names_the_layers():
 # Activation maximisation and saliency.
 def test_activation_maximisation_increases_every_channel():
   model, variables = small_convnet()
-  ims, before, after = inspect.activation_maximisation(model, variables, "conv2", [0, 1, 2, 3], (12, 12, 1),
+  ims, before, after = visualize.activation_maximisation(model, variables, "conv2", [0, 1, 2, 3], (12, 12, 1),
                                                        jax.random.key(2), steps=30)
   assert ims.shape == (4, 12, 12, 1)
   assert (np.asarray(after) > np.asarray(before)).all(), (before, after)
   # The reported objective is the channel's mean activation of the returned image (second code path).
   for c in range(4):
-    direct = inspect.layer_output(model, variables, ims[c:c + 1], "conv2")[..., c].mean()
+    direct = visualize.layer_output(model, variables, ims[c:c + 1], "conv2")[..., c].mean()
     np.testing.assert_allclose(after[c], direct, rtol=1e-4, atol=1e-5)
 
 
@@ -116,7 +117,7 @@ def test_saliency_of_a_linear_model_is_its_weight_row():
   w = np.asarray(variables["params"]["head"]["kernel"])            # [16, 3]
   b = np.asarray(variables["params"]["head"]["bias"])
   x = np.asarray(jax.random.normal(jax.random.key(1), (5, 4, 4, 1)))
-  sal, preds = inspect.saliency(model, variables, jnp.asarray(x))
+  sal, preds = visualize.saliency(model, variables, jnp.asarray(x))
   hand_pred = (x.reshape(5, 16) @ w + b).argmax(1)                   # numpy: logits = x W + b
   assert np.array_equal(np.asarray(preds), hand_pred)
   for i in range(5):                                                 # d(x W + b)[p] / dx = W[:, p]
@@ -129,7 +130,7 @@ def test_penultimate_is_the_input_of_the_head():
   model, variables = small_convnet()
   x = jax.random.normal(jax.random.key(3), (3, 12, 12, 1))
   np.testing.assert_allclose(retrieval.penultimate(model, variables, x),
-                             inspect.layer_output(model, variables, x, "act_dense1"), atol=1e-6)
+                             visualize.layer_output(model, variables, x, "act_dense1"), atol=1e-6)
   e = retrieval.embed(model, variables, x, batch_size=2)           # a padded last batch
   np.testing.assert_allclose(e, retrieval.penultimate(model, variables, x), atol=1e-6)
 
@@ -221,21 +222,21 @@ def test_gradient_flow_experiment_config():
 def test_a_trained_runs_workdir_feeds_every_capability(tmp_path):
   """--workdir: the run's checkpointed parameters, not a retrained model (feature maps checked against them)."""
   from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
-  from jcnn import loop  # pylint: disable=g-import-not-at-top
+  from jcnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   c = fashion_convnet.get_config()
   c.data.name, c.data.synthetic_size = "synthetic", (64, 32)
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 16
-  out = loop.train_and_evaluate(c, str(tmp_path / "run"))
-  model, variables, ds = inspect.load_trained(str(tmp_path / "run"))
+  out = train_and_evaluate(c, str(tmp_path / "run"))
+  model, variables, ds = inspect_cli.load_trained(str(tmp_path / "run"))
   leaves = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
                                         variables["params"], out["state"].params))
   assert all(leaves) and ds.test_x.shape == (32, 28, 28, 1)
-  fmaps = inspect.feature_maps(model, variables, ds.test_x[:1], "conv1")
+  fmaps = visualize.feature_maps(model, variables, ds.test_x[:1], "conv1")
   k, b = np.asarray(variables["params"]["conv1"]["kernel"]), np.asarray(variables["params"]["conv1"]["bias"])
   x = np.asarray(ds.test_x[0, :, :, 0])
   by_hand = sum(x[i:i + 26, j:j + 26, None] * k[i, j, 0] for i in range(3) for j in range(3)) + b   # [26, 26, 32]
   np.testing.assert_allclose(np.asarray(fmaps)[0], by_hand, rtol=1e-4, atol=1e-5)
-  assert inspect.main(["filters", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'pics'}"]) == 0
+  assert inspect_cli.main(["filters", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'pics'}"]) == 0
   assert (tmp_path / "pics" / "filters.png").exists()
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   acc = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tb" / "inspect"))

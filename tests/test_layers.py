@@ -1,4 +1,4 @@
-"""jcnn.layers against hand-computed values and independent implementations (lax, flax.linen, numpy loops)."""
+"""jcnn.nn.layers against hand-computed values and independent implementations (lax, flax.linen, numpy loops)."""
 import math
 
 import flax.linen as nn
@@ -9,7 +9,7 @@ import pytest
 from conftest import require_torch
 from jax import lax
 
-from jcnn import layers
+from jcnn.nn import layers
 
 LOWERINGS = ("patches", "native")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jcnn import layers
+from jcnn.nn import layers
 
 LOWERINGS = {"patches": layers.conv_patches, "native": layers.conv_native}
 CASES = [  # (spatial input, kernel, strides, padding, dilation, C_in, C_out)

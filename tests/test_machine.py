@@ -1,11 +1,13 @@
-"""jcnn.machine: the CPU record every benchmark stores, and the per-machine chunk size (no measuring in tests)."""
+"""jcnn.parallel.machine: the CPU record every benchmark stores, and the per-machine chunk size (no measuring in tests)."""
 import json
 import os
 
 import jax
 import pytest
 
-from jcnn import machine, train
+from jcnn import train
+from jcnn.parallel import machine
+from jcnn.train import step
 
 INTEL = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -65,24 +67,28 @@ def test_record_and_describe():
 def test_chunk_choice_without_cache_is_the_default(monkeypatch):
   assert os.environ["JCNN_MACHINE_CACHE"] == "0"                      # conftest: tests never measure nor write
   assert machine.cache_dir() is None
+  never = lambda batch: pytest.fail("measured although there is no machine cache")
   machine.cpu_micro_batch.cache_clear()
-  assert machine.cpu_micro_batch(64) == train.MICRO_BATCH_CPU
+  assert machine.cpu_micro_batch(64, never, 16) == 16
+  if jax.default_backend() == "cpu":
+    assert train.micro_batch_size(64) == train.MICRO_BATCH_CPU   # what the train step asks for
   monkeypatch.setenv("JCNN_MICRO_BATCH_CPU", "0")                     # override: the whole batch
   machine.cpu_micro_batch.cache_clear()
-  assert machine.cpu_micro_batch(64) == 64
+  assert machine.cpu_micro_batch(64, never, 16) == 64
   monkeypatch.setenv("JCNN_MICRO_BATCH_CPU", "32")
   machine.cpu_micro_batch.cache_clear()
-  assert machine.cpu_micro_batch(64) == 32
+  assert machine.cpu_micro_batch(64, never, 16) == 32
   machine.cpu_micro_batch.cache_clear()
 
 
 def test_chunk_choice_reads_the_cached_measurement(tmp_path, monkeypatch):
   monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
-  monkeypatch.setattr(machine, "probe_chunk", lambda batch: pytest.fail("measured although cached"))
+  monkeypatch.setattr(step, "probe_chunk", lambda batch: pytest.fail("measured although cached"))
   (tmp_path / "machine.json").write_text(json.dumps({machine._key(64): {"chunk": 64}, machine._key(256): {"chunk": 16}}))
   machine.cpu_micro_batch.cache_clear()
   try:
-    assert machine.cpu_micro_batch(64) == 64 and machine.cpu_micro_batch(256) == 16
+    never = lambda batch: pytest.fail("measured although cached")
+    assert machine.cpu_micro_batch(64, never, 16) == 64 and machine.cpu_micro_batch(256, never, 16) == 16
     if jax.default_backend() == "cpu":
       assert train.micro_batch_size(64) == 64 and train.micro_batch_size(256) == 16
       assert train.micro_batch_size(64, 16) == 16                     # explicit config.train.micro_batch wins
@@ -93,12 +99,12 @@ def test_chunk_choice_reads_the_cached_measurement(tmp_path, monkeypatch):
 def test_chunk_choice_measures_once_and_caches(tmp_path, monkeypatch):
   monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
   calls = []
-  monkeypatch.setattr(machine, "probe_chunk", lambda batch: calls.append(batch) or {"chunk": 32, "img_per_s": {}})
+  probe = lambda batch: calls.append(batch) or {"chunk": 32, "img_per_s": {}}
   machine.cpu_micro_batch.cache_clear()
   try:
-    assert machine.cpu_micro_batch(128) == 32
+    assert machine.cpu_micro_batch(128, probe, 16) == 32
     machine.cpu_micro_batch.cache_clear()
-    assert machine.cpu_micro_batch(128) == 32 and calls == [128]      # second call (new process) reads the file
+    assert machine.cpu_micro_batch(128, probe, 16) == 32 and calls == [128]   # a new process reads the file
     assert json.loads((tmp_path / "machine.json").read_text())[machine._key(128)]["chunk"] == 32
   finally:
     machine.cpu_micro_batch.cache_clear()

@@ -72,7 +72,7 @@ def launch_processes(args, workdir, n=2, devices=2, timeout=TIMEOUT, ids=None, c
 def state(workdir, program=None):
   """The newest checkpoint's TrainState (as dicts) of a run, or of a sweep's first program."""
   sys.path.insert(0, ROOT)
-  from jcnn import checkpoint  # pylint: disable=g-import-not-at-top
+  from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top
   d = os.path.join(workdir, "checkpoints")
   if program is None:
     subs = sorted(x for x in os.listdir(d) if "-" in x)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from jcnn import config as config_lib
-from jcnn import models, summary, train
+from jcnn import models, train
+from jcnn.inspect import summary
 from jcnn.errors import DataError
 
 # (zoo name, field overrides, input shape [no batch], trainable parameters). References: torchvision's model
@@ -153,7 +154,7 @@ def test_two_module_googlenet_every_parameter_gets_a_gradient(monkeypatch):
   monkeypatch.setattr(googlenet, "MODULES", (googlenet.MODULES[0], "pool", googlenet.MODULES[3]))   # 3a, pool, 4a
   # XLA's native convolution: far quicker to compile than the im2col lowering; the wiring is the same.
   import functools  # pylint: disable=g-import-not-at-top
-  from jcnn import layers  # pylint: disable=g-import-not-at-top
+  from jcnn.nn import layers  # pylint: disable=g-import-not-at-top
   model = models.get({"name": "googlenet_tiny"}, num_classes=4, dropout_rate=0.0,
                      conv=functools.partial(layers.Conv, lowering="native"))
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))

@@ -1,4 +1,4 @@
-"""jcnn.norm.BatchNorm (one-pass custom VJP, optionally fused with ReLU) against flax's nn.BatchNorm."""
+"""jcnn.nn.norm.BatchNorm (one-pass custom VJP, optionally fused with ReLU) against flax's nn.BatchNorm."""
 import functools
 
 import flax.linen as nn
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jcnn import blocks, models, norm, train
+from jcnn import models, train
+from jcnn.nn import blocks, norm
 
 
 class Ref(nn.Module):
@@ -69,7 +70,7 @@ def test_fusion_is_chosen_only_for_plain_relu():
 
 @pytest.mark.parametrize("name", ["resnet_tiny", "densenet_tiny", "vgg_tiny"])
 def test_model_with_jcnn_batch_norm_trains_like_flax(name):
-  """Same model, flax BatchNorm vs jcnn.norm.BatchNorm (fused where it applies): same variables, one step equal."""
+  """Same model, flax BatchNorm vs jcnn.nn.norm.BatchNorm (fused where it applies): same variables, one step equal."""
   x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
   y = jnp.arange(8) % 10
   out = []

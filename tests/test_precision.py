@@ -16,7 +16,9 @@ from jax.extend import core as jax_core
 
 import launch
 from experiments import ablation_dropout, fashion_convnet
-from jcnn import checkpoint, layers, loop, models, sweep
+from jcnn import models, sweep
+from jcnn.nn import layers
+from jcnn.train import checkpoint, loop, program as program_lib
 from jcnn import config as config_lib
 from jcnn import data as data_lib
 from jcnn import train as train_lib
@@ -48,7 +50,7 @@ def runs():
   ds = data_lib.load(convnet_config("float32").data, seed=0)
   out = {}
   for dtype in ("float32", "bfloat16"):
-    program = loop.single_program(convnet_config(dtype), ds)
+    program = program_lib.single_program(convnet_config(dtype), ds)
     rs, batches, windows = program.init(), program.batches(1), []
     for _ in range(STEPS // WINDOW):
       before = float(rs.acc["loss_sum"])
@@ -108,7 +110,7 @@ def test_state_of_a_batchnorm_model_stays_float32(dtype):
   c.optim.name = "momentum"
   x = jnp.zeros((16, 32, 32, 3))
   ds = data_lib.Dataset("zeros", x, jnp.zeros((16,), jnp.int32), x, jnp.zeros((16,), jnp.int32), None, None, 10, {})
-  fns = loop.model_fns(c, ds)
+  fns = program_lib.model_fns(c, ds)
   h = {k: v[0] for k, v in config_lib.variant_arrays([config_lib.variant_of(c)]).items()}
   rs = jax.eval_shape(fns.init, h)
   new = jax.eval_shape(fns.step, rs, h, ds.train_x, ds.train_y, jnp.arange(8))
@@ -152,7 +154,7 @@ def test_every_matrix_product_runs_in_the_compute_dtype(model, shape):
   for dtype in ("float32", "bfloat16", "float16"):
     c = config_lib.base_config()
     c.model.name, c.train.batch_size, c.train.dtype = model, 16, dtype
-    fns = loop.model_fns(c, ds)
+    fns = program_lib.model_fns(c, ds)
     h = {k: v[0] for k, v in config_lib.variant_arrays([config_lib.variant_of(c)]).items()}
     rs = jax.eval_shape(fns.init, h)
     step = _products(fns.step, rs, h, x, y, jnp.arange(16))
@@ -266,7 +268,7 @@ def f16_program():
   train.epochs, so loop.run may drive it for 1 or 2 epochs; the learning rate is optimizer state."""
   config = tiny_config()
   ds = data_lib.load(config.data)
-  return ds, loop.single_program(config, ds)
+  return ds, program_lib.single_program(config, ds)
 
 
 def test_float16_overflow_skips_the_step_halves_the_scale_and_is_not_divergence(f16_program):

@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn import blocks, layers, models, summary
+from jcnn import models
+from jcnn.inspect import summary
+from jcnn.nn import blocks, layers
 from jcnn.models.convnet import ConvNet
 
 

@@ -1,7 +1,7 @@
 """Sweeps: a variant equals a plain reference run, one compile per group, failures isolated, chunking exact, statistics.
 
 The reference (`reference_run`) is a plain Python loop over the library's pure pieces (init_state, make_train_step,
-epoch_batches, augment, evaluate) that writes out the key contract by hand; it shares no code with jcnn/loop.py or the
+epoch_batches, augment, evaluate) that writes out the key contract by hand; it shares no code with jcnn/train/loop.py or the
 sweep's lifting.
 """
 import json
@@ -14,7 +14,9 @@ import pytest
 
 from experiments import ablation_dropout
 from jcnn import data as data_lib
-from jcnn import layers, loop, models, sweep
+from jcnn import models, sweep
+from jcnn.nn import layers
+from jcnn.train import loop, train_and_evaluate
 from jcnn import train as train_lib
 
 
@@ -92,7 +94,7 @@ def test_single_run_equals_reference_run(tmp_path):
   config = tiny_config(epochs=2)
   config.model.dropout_rate = 0.5
   config.data.augment = "flip_crop"   # augmentation keys per step, too
-  out = loop.train_and_evaluate(config, str(tmp_path / "run"))
+  out = train_and_evaluate(config, str(tmp_path / "run"))
   hp = {"dropout_rate": 0.5, "init_scale": 1.0, "activation": "relu", "learning_rate": 1e-3, "weight_decay": 1e-4,
         "l2": 0.0, "seed": 0}
   state, ref = reference_run(config, hp)
@@ -286,7 +288,7 @@ def test_run_sweep_writes_files_val_metrics_and_applies_groups(tmp_path):
   assert all("val_accuracy_mean" in r for r in out["rows"])
   assert (tmp_path / "variants.jsonl").read_text().count("\n") == 6
   # The group override really applied: dense1 has 8 units in every variant's parameters (here via the checkpoint).
-  from jcnn import checkpoint  # pylint: disable=g-import-not-at-top
+  from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top
   ck = checkpoint.Checkpoints(str(tmp_path / "checkpoints" / "0-0"))
   assert ck._mngr.item_metadata(ck.latest_step())["state"].tree["train"]["params"]["dense1"]["kernel"].shape == (6, 8, 8)
   # metrics.jsonl: train rows every 3 steps and one epoch row per variant (80 images / 16 = 5 steps: one train row).

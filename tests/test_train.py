@@ -13,7 +13,9 @@ import pytest
 from conftest import ROOT
 
 from jcnn import data as data_lib
-from jcnn import blocks, layers, loop, train, writers
+from jcnn import train
+from jcnn.nn import blocks, layers
+from jcnn.train import train_and_evaluate, writers
 from jcnn import config as config_lib
 from jcnn.errors import ConfigError
 from jcnn.models.convnet import ConvNet
@@ -473,7 +475,7 @@ def test_experiment_one_step(name, tmp_path):
       assert len(set(train_losses)) == len(rows), train_losses
     assert [r["hparams"] for r in out["results"]] == [r["hparams"] for r in rows]
     return
-  out = loop.train_and_evaluate(c, workdir)
+  out = train_and_evaluate(c, workdir)
   for f in ("config.json", "metrics.jsonl", "results.json"):
     assert os.path.exists(os.path.join(workdir, f)), f
   with open(os.path.join(workdir, "results.json")) as f:
@@ -488,4 +490,4 @@ def test_experiment_one_step(name, tmp_path):
   assert math.isfinite(results["final"]["test_loss"]) and results["params"] == out["results"]["params"] > 0
   assert int(out["state"].step) == 1
   with pytest.raises(ConfigError, match="already holds a finished run"):
-    loop.train_and_evaluate(c, workdir)
+    train_and_evaluate(c, workdir)

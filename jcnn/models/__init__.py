@@ -2,6 +2,8 @@
 
 Each family lives in its own file; add a model by importing it here and adding one line to ZOO. The `*_tiny` entries
 are small members of each family, for tests. Parameter counts and FLOPs: docs/zoo.md.
+
+May import: jcnn.nn, jcnn.errors.
 """
 from typing import Any, Mapping
 

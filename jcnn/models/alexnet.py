@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jcnn import layers
+from jcnn.nn import layers
 
 
 def adaptive_avg_pool(x: jax.Array, out: Sequence[int]) -> jax.Array:

@@ -16,7 +16,7 @@ from typing import Union
 import flax.linen as nn
 import jax
 
-from jcnn import layers
+from jcnn.nn import layers
 
 
 class ConvNet(nn.Module):

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 
-from jcnn import blocks, layers
+from jcnn.nn import blocks, layers
 
 
 class DenseNet(nn.Module):

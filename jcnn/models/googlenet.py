@@ -16,7 +16,7 @@ from typing import Callable, Optional, Union
 import flax.linen as nn
 import jax
 
-from jcnn import blocks, layers
+from jcnn.nn import blocks, layers
 
 # (c1, c3r, c3, c5r, c5, pool_proj) per Inception module, the paper's Table 1; "pool" marks a max-pool.
 MODULES = (("3a", (64, 96, 128, 16, 32, 32)), ("3b", (128, 128, 192, 32, 96, 64)), "pool",

@@ -17,7 +17,7 @@ from typing import Union
 import flax.linen as nn
 import jax
 
-from jcnn import layers
+from jcnn.nn import layers
 
 
 class LeNet5(nn.Module):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 
-from jcnn import blocks, layers
+from jcnn.nn import blocks, layers
 
 
 class ResNet(nn.Module):

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jcnn import layers
+from jcnn.nn import layers
 
 
 class TextCNN(nn.Module):

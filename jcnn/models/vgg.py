@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 import flax.linen as nn
 import jax
 
-from jcnn import blocks, layers
+from jcnn.nn import blocks, layers
 from jcnn.models.alexnet import adaptive_avg_pool
 
 # Convs per stage: configurations A, B, D, E of the paper's Table 1.

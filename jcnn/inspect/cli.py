@@ -1,7 +1,4 @@
-"""Seeing inside a CNN: feature maps of any named layer, first-layer filters, activation maximisation, saliency, and
-a command line that draws them (plus fixed kernels, retrieval and gradient flow) as PNG grids.
-
-Every function takes the model and live variables ({"params": ..., "batch_stats": ...}); nothing reads global state.
+"""`python -m jcnn.inspect <capability> [flags]`: draws what is inside a model as PNG and JSON files.
 
     python -m jcnn.inspect summary --model=convnet
     python -m jcnn.inspect kernels --out=docs/inspect
@@ -14,6 +11,9 @@ Every function takes the model and live variables ({"params": ..., "batch_stats"
 Commands that need a trained model train the Keras convnet briefly (`--train_steps`, RMSprop 1e-3, batch 64; cached
 in `--params_cache`); `--workdir=RUN` takes a trained run's parameters from its newest checkpoint (a sweep's: with
 `--variant=K`, a line of its variants.jsonl).
+
+An entry point, like jcnn.cli: it sits on top of the house and may import anything of jcnn (a trained run comes from
+jcnn.train.checkpoint).
 """
 from __future__ import annotations
 
@@ -22,114 +22,16 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jcnn import kernels as kernels_lib
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Looking at layers.
-def layer_output(model: nn.Module, variables, x: jax.Array, layer: str):
-  """The output of the submodule named `layer` ("conv1", or a path "stage1_block1/conv1") on x, in eval mode.
-
-  Raises ValueError naming the layers there are when no submodule has that name."""
-  found, names = {}, []
-
-  def record(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if context.method_name == "__call__" and context.module.path:
-      name = "/".join(context.module.path)
-      names.append(name)
-      if name == layer and layer not in found:
-        found[layer] = out
-    return out
-
-  with nn.intercept_methods(record):
-    model.apply(variables, x, train=False)
-  if layer not in found:
-    shown = [n for n in dict.fromkeys(names) if "/" not in n]
-    raise ValueError(f"no layer named {layer!r} in {type(model).__name__}; layers: {', '.join(shown)}")
-  return found[layer]
-
-
-def feature_maps(model: nn.Module, variables, x: jax.Array, layer: str) -> jax.Array:
-  """Feature maps of `layer` for images x [B, H, W, C] -> [B, h, w, F] (after whatever that layer computes: for the
-  convnet's `conv1` the conv and its bias; `act1` adds the activation)."""
-  return layer_output(model, variables, x, layer)
-
-
-def first_conv_kernel(model: nn.Module, variables, x: jax.Array) -> tuple[str, jax.Array]:
-  """(name, kernel [kh, kw, C_in, F]) of the first convolution the model calls on x."""
-  order = []
-
-  def record(next_fun, args, kwargs, context):
-    order.append(tuple(context.module.path))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    model.apply(variables, x, train=False)
-  for path in order:
-    node = variables["params"]
-    for p in path:
-      node = node.get(p, {}) if isinstance(node, dict) else {}
-    if isinstance(node, dict) and "kernel" in node and node["kernel"].ndim == 4:
-      return "/".join(path), node["kernel"]
-  raise ValueError(f"{type(model).__name__} has no 2-d convolution")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# What a filter responds to.
-def blur(x: jax.Array) -> jax.Array:
-  """3x3 Gaussian blur of one image [H, W, C] (zero padding), per channel."""
-  return kernels_lib.FixedConv(("gaussian_blur",)).apply({}, x[None])[0]
-
-
-def activation_maximisation(model: nn.Module, variables, layer: str, channels: Sequence[int], image_shape,
-                            key: jax.Array, steps: int = 200, lr: float = 0.05, l2: float = 1e-3,
-                            blur_weight: float = 0.1):
-  """Images that maximise each channel's mean activation, found by gradient ascent on the input (parameters frozen).
-
-  From x0 ~ 0.1 N(0, 1), each step: x += lr * g / rms(g) with g = grad of [mean of the channel's output - l2 * mean
-  x^2], then x = (1 - blur_weight) x + blur_weight * blur(x) (the blur regulariser: high-frequency noise decays).
-  All channels run together: one jitted program, vmapped over the channel index.
-
-  Returns:
-    images [K, *image_shape], objective before [K] and after [K] (the channel's mean activation).
-  """
-  channels = jnp.asarray(channels, jnp.int32)
-
-  def objective(x, c):                                           # x [H, W, C] -> scalar
-    y = layer_output(model, variables, x[None], layer)           # [1, h, w, F] or [1, F]
-    return jnp.take(y, c, axis=-1).mean()
-
-  def ascend(x, c):
-    def step(x, _):
-      g = jax.grad(lambda x: objective(x, c) - l2 * jnp.mean(x ** 2))(x)
-      x = x + lr * g / (jnp.sqrt(jnp.mean(g ** 2)) + 1e-12)
-      return (1 - blur_weight) * x + blur_weight * blur(x), None
-
-    final, _ = lax.scan(step, x, None, length=steps)
-    return final, objective(x, c), objective(final, c)
-
-  x0 = 0.1 * jax.random.normal(key, (channels.shape[0],) + tuple(image_shape))
-  return jax.jit(jax.vmap(ascend))(x0, channels)
-
-
-def saliency(model: nn.Module, variables, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """|d logit[predicted class] / d input|, max over input channels: x [B, H, W, C] -> ([B, H, W], predictions [B])."""
-  def score(xi):
-    logits = model.apply(variables, xi[None], train=False)[0]
-    return logits[jnp.argmax(logits)]                            # the argmax is a constant index to autodiff
-
-  grads = jax.jit(jax.vmap(jax.grad(score)))(x)
-  preds = jnp.argmax(model.apply(variables, x, train=False), -1)
-  return jnp.abs(grads).max(-1), preds
+from jcnn import data, models
+from jcnn.errors import UserError
+from jcnn.inspect import figures, gradflow, retrieval, summary
+from jcnn.inspect.visualize import activation_maximisation, feature_maps, first_conv_kernel, saliency
+from jcnn.nn import kernels as kernels_lib
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,7 +39,7 @@ def saliency(model: nn.Module, variables, x: jax.Array) -> tuple[jax.Array, jax.
 def load_trained(workdir: str, variant: int | None = None):
   """(model, variables, dataset) of a trained run in `workdir` (a sweep's: pass `variant`, a line of its
   variants.jsonl), from its newest checkpoint; the dataset is the run's own config.data."""
-  from jcnn import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only for a trained run)
   trained = checkpoint.load_trained(workdir, variant)
   config = trained["config"]
   return trained["model"], trained["variables"], data.load(config.data, seed=config.train.seed)
@@ -148,7 +50,7 @@ def quick_convnet(train_steps: int = 938, seed: int = 0, params_cache: str = "",
   and returns (model, variables, dataset). With params_cache, reuses parameters saved there by an earlier call with
   the same steps and seed."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  from jcnn import data, models, train  # pylint: disable=g-import-not-at-top
+  from jcnn import train  # pylint: disable=g-import-not-at-top
   ds = data.load({"name": "fashion_mnist"})
   model = models.get({"name": "convnet"})
   tx = train.make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
@@ -207,23 +109,21 @@ def _load_image(path: str, shape) -> np.ndarray:
 
 
 def cmd_kernels(args):
-  from jcnn import data, viz  # pylint: disable=g-import-not-at-top
   ds = data.load({"name": "fashion_mnist", "train_limit": 1})
   x = ds.test_x[np.array(_ints(args.index))]                               # [B, 28, 28, 1]
   y = kernels_lib.FixedConv(kernels_lib.NAMES).apply({}, x)                 # [B, 28, 28, 10]
   ims = np.concatenate([np.concatenate([x[i:i + 1, ..., 0], np.moveaxis(y[i], -1, 0)]) for i in range(len(x))])
-  path = viz.image_grid(ims, os.path.join(args.out, "kernels.png"), ("input",) + kernels_lib.NAMES * 1 if len(x) == 1
+  path = figures.image_grid(ims, os.path.join(args.out, "kernels.png"), ("input",) + kernels_lib.NAMES * 1 if len(x) == 1
                         else None, cols=len(kernels_lib.NAMES) + 1, symmetric=False,
                         suptitle="Fixed 3x3 kernels on a Fashion-MNIST test image (each response scaled to its range)")
   return {"png": path}
 
 
 def cmd_filters(args):
-  from jcnn import viz  # pylint: disable=g-import-not-at-top
   model, variables, ds = _model(args)
   name, k = first_conv_kernel(model, variables, ds.test_x[:1])              # [3, 3, C_in, F]
   ims = np.moveaxis(np.asarray(k[:, :, 0, :]), -1, 0)                        # [F, 3, 3] (first input channel)
-  path = viz.image_grid(ims, os.path.join(args.out, "filters.png"), [f"{i}" for i in range(len(ims))], cols=8,
+  path = figures.image_grid(ims, os.path.join(args.out, "filters.png"), [f"{i}" for i in range(len(ims))], cols=8,
                         symmetric=True, size=0.9, suptitle=f"{name} kernels (red +, blue -)")
   np.save(os.path.join(args.out, "filters.npy"), np.asarray(k))
   return {"png": path, "layer": name, "shape": list(k.shape)}
@@ -237,7 +137,6 @@ def _inputs(args, ds, shape):
 
 
 def cmd_feature_maps(args):
-  from jcnn import viz  # pylint: disable=g-import-not-at-top
   model, variables, ds = _model(args)
   x, what = _inputs(args, ds, ds.image_shape)
   fm = np.asarray(feature_maps(model, variables, x, args.layer))[0]        # [h, w, F]
@@ -245,7 +144,7 @@ def cmd_feature_maps(args):
     raise ValueError(f"layer {args.layer!r} has output shape {fm.shape}: not a feature map")
   ims = np.concatenate([np.asarray(jax.image.resize(x[0, ..., 0], fm.shape[:2], "linear"))[None],
                         np.moveaxis(fm, -1, 0)[:args.max_maps]])
-  path = viz.image_grid(ims, os.path.join(args.out, f"feature_maps_{args.layer}.png"),
+  path = figures.image_grid(ims, os.path.join(args.out, f"feature_maps_{args.layer}.png"),
                         ["input"] + [str(i) for i in range(len(ims) - 1)], cols=11, size=0.9,
                         suptitle=f"{args.layer} feature maps, {what}")
   np.savez_compressed(os.path.join(args.out, f"feature_maps_{args.layer}.npz"), maps=fm, input=np.asarray(x[0]))
@@ -253,14 +152,13 @@ def cmd_feature_maps(args):
 
 
 def cmd_actmax(args):
-  from jcnn import viz  # pylint: disable=g-import-not-at-top
   model, variables, ds = _model(args)
   chans = _ints(args.channels)
   t = time.time()
   ims, before, after = activation_maximisation(model, variables, args.layer, chans, ds.image_shape,
                                                jax.random.key(args.seed), args.steps)
   after.block_until_ready()
-  path = viz.image_grid(np.asarray(ims[..., 0]), os.path.join(args.out, f"actmax_{args.layer}.png"),
+  path = figures.image_grid(np.asarray(ims[..., 0]), os.path.join(args.out, f"actmax_{args.layer}.png"),
                         [f"ch {c}" for c in chans], cols=8, size=1.0,
                         suptitle=f"Inputs maximising {args.layer} channels ({args.steps} ascent steps)")
   rec = {"png": path, "layer": args.layer, "channels": chans, "objective_before": np.asarray(before).tolist(),
@@ -271,19 +169,17 @@ def cmd_actmax(args):
 
 
 def cmd_saliency(args):
-  from jcnn import viz  # pylint: disable=g-import-not-at-top
   model, variables, ds = _model(args)
   idx = np.array(_ints(args.index))
   sal, preds = saliency(model, variables, ds.test_x[idx])
   ims = np.concatenate([np.asarray(ds.test_x[idx, ..., 0]), np.asarray(sal)])
   titles = [f"label {int(ds.test_y[i])}" for i in idx] + [f"pred {int(p)}" for p in preds]
-  path = viz.image_grid(ims, os.path.join(args.out, "saliency.png"), titles, cols=len(idx), size=1.1,
+  path = figures.image_grid(ims, os.path.join(args.out, "saliency.png"), titles, cols=len(idx), size=1.1,
                         cmap="inferno", suptitle="Test images and |d logit(pred) / d input|")
   return {"png": path, "predictions": np.asarray(preds).tolist()}
 
 
 def cmd_retrieval(args):
-  from jcnn import retrieval, viz  # pylint: disable=g-import-not-at-top
   model, variables, ds = _model(args)
   t0 = time.time()
   index = retrieval.embed(model, variables, ds.train_x).block_until_ready()   # [60000, D]
@@ -303,7 +199,7 @@ def cmd_retrieval(args):
     for j, s in zip(np.asarray(nbrs[i, :args.show]), np.asarray(sims[i, :args.show])):
       ims.append(np.asarray(ds.train_x[j, ..., 0]))
       titles.append(f"{int(ds.train_y[j])} {s:.2f}")
-  rec["png"] = viz.image_grid(ims, os.path.join(args.out, "retrieval.png"), titles, cols=args.show + 1, size=1.0,
+  rec["png"] = figures.image_grid(ims, os.path.join(args.out, "retrieval.png"), titles, cols=args.show + 1, size=1.0,
                               suptitle=f"Test queries and their nearest training images (label, cosine); "
                                        f"precision@{args.k} = {metrics['precision']:.3f}")
   with open(os.path.join(args.out, "retrieval.json"), "w") as f:
@@ -312,18 +208,16 @@ def cmd_retrieval(args):
 
 
 def cmd_summary(args):
-  from jcnn import models, summary  # pylint: disable=g-import-not-at-top
   shape = tuple(_ints(args.input_shape))
   print(summary.summary(models.get({"name": args.model}), shape, depth=args.depth, flops=False))
   return None
 
 
 def cmd_gradient_flow(args):
-  from experiments import gradient_flow  # pylint: disable=g-import-not-at-top
-  config = gradient_flow.get_config()
+  config = gradflow.default_config()
   if args.steps is not None:
     config.steps = args.steps
-  return gradient_flow.main(config, args.workdir)
+  return gradflow.study(config, args.workdir)
 
 
 COMMANDS = {"summary": cmd_summary, "kernels": cmd_kernels, "filters": cmd_filters,
@@ -332,7 +226,7 @@ COMMANDS = {"summary": cmd_summary, "kernels": cmd_kernels, "filters": cmd_filte
 
 
 def parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jcnn.inspect", description=__doc__.split("\n")[0])
+  p = _Parser(prog="python -m jcnn.inspect", description="Draws what is inside a model as PNG and JSON files.")
   p.add_argument("capability", choices=sorted(COMMANDS))
   p.add_argument("--out", default="inspect_out", help="folder for PNG / JSON / npz files")
   p.add_argument("--workdir", default="", help="a trained run (load_trained); gradient_flow: its output folder")
@@ -355,7 +249,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     args = parser().parse_args(argv)
     if args.capability == "actmax" and args.steps is None:
@@ -373,7 +266,7 @@ def main(argv=None) -> int:
     return 2
   if rec is not None:
     if args.workdir and args.capability != "gradient_flow":   # a trained run: its pictures also in its TensorBoard
-      from jcnn import writers  # pylint: disable=g-import-not-at-top
+      from jcnn.train import writers  # pylint: disable=g-import-not-at-top
       rec["tensorboard"] = writers.tb_images(os.path.join(args.workdir, "tb", "inspect"), _pngs(rec))
     print(json.dumps(rec, indent=1))
   return 0
@@ -386,7 +279,3 @@ def _pngs(rec) -> list[str]:
   if isinstance(rec, (list, tuple)):
     return [p for v in rec for p in _pngs(v)]
   return [rec] if isinstance(rec, str) and rec.endswith(".png") else []
-
-
-if __name__ == "__main__":
-  sys.exit(main())

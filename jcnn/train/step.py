@@ -7,77 +7,27 @@ The pieces are plain functions so research code can use them without the launche
 Mixed precision: dtype="bfloat16" or "float16" in init_state, make_train_step and make_eval_step ("Mixed precision"
 below; a float16 state carries a LossScale).
 Metrics are pytrees of sums and counts (`loss_sum`, `correct`, `count`): they add across steps and vmap across variants.
-The loop that drives these for runs and sweeps (checkpoints, writers, resume) is jcnn/loop.py.
+The loop that drives these for runs and sweeps (checkpoints, writers, resume) is jcnn/train/loop.py.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import time
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
-from jcnn import data as data_lib
-from jcnn.config import DTYPES, LOSSES, OPTIMIZERS, SCHEDULES, with_defaults
+from jcnn import data as data_lib, models
+from jcnn.config import DTYPES, LOSSES
 from jcnn.errors import ConfigError, ShapeError
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Optimizers. The learning rate (and adamw's weight decay) live in the optimizer state as arrays
-# (optax.inject_hyperparams), so a sweep can give each variant its own; the schedule is a multiplier chained after.
-def make_optimizer(cfg: Mapping[str, Any], total_steps: int = 1) -> optax.GradientTransformation:
-  """config.optim (missing fields take the schema's defaults) -> the optimizer; total_steps sizes the schedule."""
-  cfg = with_defaults("optim", cfg)
-  name = cfg["name"]
-  if name not in OPTIMIZERS:
-    raise ConfigError(f"unknown optimizer {name!r}: set config.optim.name to one of {', '.join(OPTIMIZERS)}")
-  momentum = cfg["momentum"]
-  base = {
-      "sgd": optax.sgd,
-      "momentum": functools.partial(optax.sgd, momentum=momentum),
-      "nesterov": functools.partial(optax.sgd, momentum=momentum, nesterov=True),
-      # Keras' RMSprop: rho 0.9, epsilon 1e-7 (optax puts eps inside the sqrt; the difference is negligible here).
-      "rmsprop": functools.partial(optax.rmsprop, decay=cfg["rho"], eps=1e-7),
-      "adam": optax.adam,
-      "adamw": optax.adamw,
-  }[name]
-  kwargs = {"learning_rate": cfg["learning_rate"]}
-  if name == "adamw":
-    kwargs["weight_decay"] = cfg["weight_decay"]
-  tx = optax.inject_hyperparams(base)(**kwargs)
-  schedule = cfg["schedule"]
-  if schedule not in SCHEDULES:
-    raise ConfigError(f"unknown schedule {schedule!r}: set config.optim.schedule to one of {', '.join(SCHEDULES)}")
-  if schedule == "constant":
-    return tx
-  total_steps = max(int(total_steps), 1)
-  if schedule == "cosine":
-    mult = optax.cosine_decay_schedule(1.0, total_steps)
-  elif schedule == "warmup_cosine":
-    warmup = max(int(cfg["warmup_fraction"] * total_steps), 1)
-    mult = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps)
-  else:  # step: multiply by decay_factor at each boundary (fractions of training; He et al.'s 0.5 and 0.75)
-    bounds = {int(b * total_steps): cfg["decay_factor"] for b in cfg["boundaries"]}
-    mult = optax.piecewise_constant_schedule(1.0, bounds)
-  return optax.chain(tx, optax.scale_by_schedule(mult))
-
-
-def learning_rate_of(opt_state) -> jax.Array:
-  """The injected base learning rate inside an optimizer state made by make_optimizer."""
-  inner = opt_state[0] if isinstance(opt_state, tuple) and not hasattr(opt_state, "hyperparams") else opt_state
-  return inner.hyperparams["learning_rate"]
-
-
-def set_hyperparam(opt_state, name: str, value):
-  """Returns opt_state with an injected hyperparameter (learning_rate, weight_decay) replaced."""
-  if hasattr(opt_state, "hyperparams"):
-    hp = dict(opt_state.hyperparams)
-    hp[name] = jnp.asarray(value, jnp.asarray(hp[name]).dtype)
-    return opt_state._replace(hyperparams=hp)
-  return (set_hyperparam(opt_state[0], name, value),) + tuple(opt_state[1:])
+from jcnn.parallel import machine
+from jcnn.train.optim import make_optimizer
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,12 +161,56 @@ def micro_batch_size(batch: int, micro_batch: int = 0, batch_norm: bool = False)
   if auto:
     if batch_norm or jax.default_backend() != "cpu":
       return batch
-    from jcnn import machine  # pylint: disable=g-import-not-at-top  (machine's probe imports this module)
-    micro_batch = machine.cpu_micro_batch(batch) if batch <= MICRO_BATCH_PROBE_MAX else MICRO_BATCH_CPU
+    micro_batch = (machine.cpu_micro_batch(batch, probe_chunk, MICRO_BATCH_CPU) if batch <= MICRO_BATCH_PROBE_MAX
+                   else MICRO_BATCH_CPU)
   m = min(micro_batch, batch)
   while batch % m:
     m -= 1
   return batch if auto and m < 8 else m
+
+
+PROBE_MARGIN = 1.03      # chunks must beat the whole batch by this much (the whole batch is the simpler program)
+
+
+def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float = 0.15) -> dict:
+  """Times the Keras convnet's train step (make_train_step, RMSprop) at `batch` on the whole batch and in each
+  candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median}}.
+  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. 3-9 s with compiling (two programs),
+  measured once per machine and batch."""
+  model = models.get({"name": "convnet"}, num_classes=10)
+  tx = make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
+
+  @jax.jit
+  def setup():   # one program (op-by-op set-up would compile ~100 small ones: seconds)
+    x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
+    params = model.init(jax.random.key(2), x[:1])["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+                            opt_state=tx.init(params)), x, jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+
+  state0, x, y = setup()
+  sizes = [batch] + sorted({d for d in (micro_batch_size(batch, m) for m in candidates) if 8 <= d < batch})
+  key = jax.random.key(3)
+  compile_one = lambda m: jax.jit(make_train_step(model, tx, micro_batch=m)).lower(state0, x, y, key).compile()
+  with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:   # XLA compiles mostly on one core: overlap them
+    steps = dict(zip(sizes, pool.map(compile_one, sizes)))
+  states = {m: jax.block_until_ready(steps[m](state0, x, y, key)[0]) for m in sizes}
+  reps = {}
+  for m in sizes:   # steps per window from one timed step
+    t0 = time.perf_counter()
+    states[m] = jax.block_until_ready(steps[m](states[m], x, y, key)[0])
+    reps[m] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-6)))
+  rates = {m: [] for m in sizes}
+  for _ in range(windows):
+    for m in sizes:
+      t0 = time.perf_counter()
+      for _ in range(reps[m]):
+        states[m] = steps[m](states[m], x, y, key)[0]
+      jax.block_until_ready(states[m])
+      rates[m].append(reps[m] * batch / (time.perf_counter() - t0))
+  med = {m: float(np.median(r)) for m, r in rates.items()}
+  best = max(sizes[1:], key=med.get, default=batch)
+  chunk = best if best != batch and med[best] >= PROBE_MARGIN * med[batch] else batch
+  return {"chunk": chunk, "img_per_s": {str(m): round(v, 1) for m, v in med.items()}}
 
 
 def take(tree, i):

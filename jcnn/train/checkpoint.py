@@ -1,19 +1,22 @@
 """Checkpoints with orbax-checkpoint: save, restore, resume.
 
 A checkpoint is one step folder under `<workdir>/checkpoints[/<program>]/<step>/` holding two items:
-  state  the loop's whole carried state (loop.RunState): parameters, optimizer state, BatchNorm statistics, step,
-         the epoch's metric sums, and the failed-at step; for a sweep every leaf has the leading variant axis V;
+  state  the loop's whole carried state (jcnn.train.program.RunState): parameters, optimizer state, BatchNorm
+         statistics, step, the epoch's metric sums, and the failed-at step; for a sweep every leaf has the leading
+         variant axis V;
   meta   JSON: a `jcnn` marker, the step, the epoch rows so far, and for a sweep the variant table (which row is which
          hyperparameters, which variants failed at which step).
 PRNG keys and the data order are not stored as state of their own: every key is derived from the seed (in the
 variant table / config) and the step, so the step is the whole PRNG and data-order state (the meta records the seed).
 Writes go through orbax's CheckpointManager: a temporary folder renamed into place once complete, so a process killed
 in the middle of a save leaves the previous checkpoint restorable (tests/test_checkpoint.py kills one with SIGKILL).
+A step damaged later (a truncated file) is skipped on resume, saying so, in favour of the newest one that restores.
 """
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -26,6 +29,10 @@ FORMAT = 1   # the `jcnn` marker in every checkpoint's meta
 
 class CheckpointError(UserError):
   pass
+
+
+class _Unreadable(CheckpointError):
+  """One step's checkpoint cannot be read: restore() tries the one before."""
 
 
 def _ocp():
@@ -103,23 +110,33 @@ class Checkpoints:
                           f"fix the cause and run the same command to resume") from None
 
   def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """The newest checkpoint as (state, meta), restored into the structure of `abstract_state` (jax.eval_shape of
-    the program's init), or None when the folder holds none. A checkpoint that is truncated, is not jcnn's, or holds
-    arrays of other shapes raises CheckpointError naming the fix."""
+    """The newest checkpoint that restores, as (state, meta), into the structure of `abstract_state` (jax.eval_shape
+    of the program's init); None when the folder holds none. A step that cannot be read (truncated, damaged) is
+    skipped with one line saying which and why, and moved aside to <step>.unreadable (orbax ignores it there), so
+    the run resumes from the newest good one. When none can be read, or a checkpoint is not jcnn's or holds arrays of
+    other shapes, raises CheckpointError naming the fix."""
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      try:
+        return self._restore(step, abstract_state)
+      except _Unreadable as e:
+        if i + 1 == len(steps):
+          earlier = "no earlier checkpoint can be read either" if i else "there is no earlier checkpoint"
+          raise CheckpointError(f"{e}; {earlier}: pass a new --workdir") from None
+        print(f"{e}: skipped (kept as {step}.unreadable); resuming from the step before", flush=True)
+        self._set_aside(step)
+    return None
+
+  def _restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     ocp = _ocp()
-    step = self._mngr.latest_step()
-    if step is None:
-      return None
     where = os.path.join(self.directory, str(step))
-    fix = f"delete {where} to resume from an earlier checkpoint, or pass a new --workdir"
     try:
       saved = self._mngr.item_metadata(step)["state"]
       saved = getattr(saved, "tree", saved)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or not a jcnn "
-                            f"checkpoint; {fix}") from None
+      raise _Unreadable(f"checkpoint {where} cannot be read ({_first_line(e)}): truncated or not jcnn's") from None
     if not saved:
-      raise CheckpointError(f"{where} is not a jcnn checkpoint (it has no state item); {fix}")
+      raise _Unreadable(f"{where} is not a jcnn checkpoint (it has no state item)")
     mismatch = first_shape_mismatch(saved, abstract_state)
     if mismatch:
       raise CheckpointError(f"checkpoint {where} is of a different model or config: {mismatch}; pass a new --workdir "
@@ -128,12 +145,26 @@ class Checkpoints:
       state = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"checkpoint {where} cannot be read ({_first_line(e)}): it is truncated or damaged; "
-                            f"{fix}") from None
+      raise _Unreadable(f"checkpoint {where} cannot be read ({_first_line(e)}): truncated or damaged") from None
     meta = state["meta"]
     if not isinstance(meta, dict) or meta.get("jcnn") != FORMAT:
-      raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); {fix}")
+      raise CheckpointError(f"{where} is not a jcnn checkpoint (its meta has no jcnn marker); delete it to resume "
+                            f"from an earlier checkpoint, or pass a new --workdir")
     return state["state"], meta
+
+  def _set_aside(self, step: int):
+    """Moves an unreadable step out of orbax's sight (kept for a look; process 0 moves it, every process forgets it),
+    so later saves of that step number and the keep-newest clean-up do not trip over it."""
+    if jax.process_index() == 0:
+      where = os.path.join(self.directory, str(step))
+      try:
+        if os.path.exists(f"{where}.unreadable"):   # an earlier resume set this step number aside already
+          shutil.rmtree(f"{where}.unreadable")
+        os.replace(where, f"{where}.unreadable")
+      except OSError:
+        pass
+    self._mngr.reload()
+    self._existing.discard(step)
 
   def restore_untyped(self, step: int) -> dict:
     """{'state': nested dicts of arrays (no target structure: NamedTuples come back as lists), 'meta'}: for reading a
@@ -263,8 +294,7 @@ def load_trained(workdir: str, variant: int | None = None) -> dict:
                             f"({hparams['hparams']}); pick a variant that did not fail")
     group = hparams["hparams"].get("group", "")
     if group:
-      from jcnn import sweep  # pylint: disable=g-import-not-at-top
-      config = sweep.apply_group(config, group)
+      config = config_lib.apply_group(config, group)
     config = config_lib.variant_config(config, hparams["hparams"])
   else:
     j, hparams, directory = None, None, root

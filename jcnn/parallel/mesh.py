@@ -249,8 +249,8 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int, ti
 
 
 def same_cpu_chunks():
-  """Every process must compile the same program, so none measures its own CPU chunk size (jcnn.machine): all use
-  train.MICRO_BATCH_CPU, or $JCNN_MICRO_BATCH_CPU when set."""
+  """Every process must compile the same program, so none measures its own CPU chunk size (jcnn.parallel.machine): all
+  use jcnn.train.MICRO_BATCH_CPU, or $JCNN_MICRO_BATCH_CPU when set."""
   os.environ["JCNN_MACHINE_CACHE"] = "0"
 
 

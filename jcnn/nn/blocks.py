@@ -20,13 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jcnn import layers, norm as norm_lib
+from jcnn.nn import layers, norm as norm_lib
 
 Array = jax.Array
 Act = Union[str, int, Array]
 
 BATCH_NORM = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)   # PyTorch's defaults (its momentum 0.1)
-# jcnn.norm.BatchNorm: the same variables and statistics with a one-pass VJP fused with a following plain ReLU
+# jcnn.nn.norm.BatchNorm: the same variables and statistics with a one-pass VJP fused with a following plain ReLU
 # (norm_act): 1.17-1.21x on DenseNet-BC's CPU step, even on ResNet-20 / VGG-11-BN (docs/performance.md). Opt-in
 # (`norm=FUSED_BATCH_NORM`) until its ONNX export is fixed (jax2onnx emitted a float64 Pad after it for vgg_tiny).
 FUSED_BATCH_NORM = functools.partial(norm_lib.BatchNorm, momentum=0.9, epsilon=1e-5)

@@ -3,8 +3,9 @@
   record(matmul_gflops)   {model_name, vendor, flags, cores, caches, matmul_gflops, jax, jaxlib}: every benchmark JSON
                           stores it under "machine"; describe(record) is the one line a table prints
   matmul_gflops()         a 2048^3 float32 jnp matmul, GFLOP/s (the physical yardstick for achieved conv rates)
-  cpu_micro_batch(batch)  the chunk size of a CPU train/eval step (train.micro_batch_size's automatic choice), chosen
-                          per machine by a short measurement cached per machine (see its docstring)
+  cpu_micro_batch(batch, probe, default)
+                          the chunk size of a CPU train/eval step (jcnn.train.micro_batch_size's automatic choice):
+                          `probe` (jcnn.train.step.probe_chunk) measures it once per machine and batch; cached here
 
 The chunk size is a per-machine choice because it is one in fact: on this project's 2-core AMD EPYC (Zen 5) the Keras
 convnet's batch-64 step ran 1.15x faster in chunks of 16, while on a 2-core Intel Xeon (AVX-512 + AMX) the whole batch
@@ -17,6 +18,7 @@ import functools
 import json
 import os
 import time
+from typing import Callable
 
 # The /proc/cpuinfo flags worth recording: the vector extensions XLA:CPU, oneDNN and PyTorch pick kernels by.
 FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -113,7 +115,6 @@ def describe(rec: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Per-machine chunk size.
 PROBE_VERSION = 2        # bump when the probe (or what it times) changes: old cache entries are then measured again
-PROBE_MARGIN = 1.03      # chunks must beat the whole batch by this much (the whole batch is the simpler program)
 
 
 def cache_dir() -> str | None:
@@ -132,65 +133,21 @@ def _key(batch: int) -> str:
           f"|probe {PROBE_VERSION}|batch {batch}")
 
 
-def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float = 0.15) -> dict:
-  """Times the Keras convnet's train step (train.make_train_step, RMSprop) at `batch` on the whole batch and in each
-  candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median}}.
-  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. 3-9 s with compiling (two programs),
-  measured once per machine and batch."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jcnn import models, train  # pylint: disable=g-import-not-at-top
-
-  model = models.get({"name": "convnet"}, num_classes=10)
-  tx = train.make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
-
-  @jax.jit
-  def setup():   # one program (op-by-op set-up would compile ~100 small ones: seconds)
-    x = jax.random.uniform(jax.random.key(0), (batch, 28, 28, 1))
-    params = model.init(jax.random.key(2), x[:1])["params"]
-    return train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, batch_stats={},
-                            opt_state=tx.init(params)), x, jax.random.randint(jax.random.key(1), (batch,), 0, 10)
-
-  state0, x, y = setup()
-  sizes = [batch] + sorted({d for d in (train.micro_batch_size(batch, m) for m in candidates) if 8 <= d < batch})
-  key = jax.random.key(3)
-  compile_one = lambda m: jax.jit(train.make_train_step(model, tx, micro_batch=m)).lower(state0, x, y, key).compile()
-  with concurrent.futures.ThreadPoolExecutor(len(sizes)) as pool:   # XLA compiles mostly on one core: overlap them
-    steps = dict(zip(sizes, pool.map(compile_one, sizes)))
-  states = {m: jax.block_until_ready(steps[m](state0, x, y, key)[0]) for m in sizes}
-  reps = {}
-  for m in sizes:   # steps per window from one timed step
-    t0 = time.perf_counter()
-    states[m] = jax.block_until_ready(steps[m](states[m], x, y, key)[0])
-    reps[m] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-6)))
-  rates = {m: [] for m in sizes}
-  for _ in range(windows):
-    for m in sizes:
-      t0 = time.perf_counter()
-      for _ in range(reps[m]):
-        states[m] = steps[m](states[m], x, y, key)[0]
-      jax.block_until_ready(states[m])
-      rates[m].append(reps[m] * batch / (time.perf_counter() - t0))
-  med = {m: float(np.median(r)) for m, r in rates.items()}
-  best = max(sizes[1:], key=med.get, default=batch)
-  chunk = best if best != batch and med[best] >= PROBE_MARGIN * med[batch] else batch
-  return {"chunk": chunk, "img_per_s": {str(m): round(v, 1) for m, v in med.items()}}
-
-
 @functools.lru_cache(maxsize=None)
-def cpu_micro_batch(batch: int) -> int:
+def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> int:
   """The automatic CPU chunk size for a step of `batch` examples on this machine:
     1. JCNN_MICRO_BATCH_CPU=N if set (0 = the whole batch);
-    2. with no machine cache (JCNN_MACHINE_CACHE=0, as in tests): train.MICRO_BATCH_CPU, nothing measured;
+    2. with no machine cache (JCNN_MACHINE_CACHE=0, as in tests): `default`, nothing measured;
     3. else the cached choice for (CPU model, flags, cores, jax version, batch) in <cache_dir>/machine.json, measured
-       by probe_chunk the first time (~3-4 s) and written there. Delete the file to measure again."""
+       by `probe(batch)` -> {'chunk', ...} the first time (jcnn.train.step.probe_chunk: 3-9 s) and written there.
+       Delete the file to measure again.
+  The probe is passed in by the train step that asks, so this module knows nothing of training."""
   env = os.environ.get("JCNN_MICRO_BATCH_CPU")
   if env:
     return int(env) or batch
   folder = cache_dir()
   if folder is None:
-    from jcnn import train  # pylint: disable=g-import-not-at-top
-    return train.MICRO_BATCH_CPU
+    return default
   path, key = os.path.join(folder, "machine.json"), _key(batch)
   try:
     with open(path) as f:
@@ -201,7 +158,7 @@ def cpu_micro_batch(batch: int) -> int:
     # In a thread of its own: this runs while a step is being traced, and JAX's tracing state is per thread, so the
     # probe's programs compile and run now instead of being staged into the caller's trace.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      table[key] = pool.submit(probe_chunk, batch).result() | {"time": time.strftime("%Y-%m-%d %H:%M:%S")}
+      table[key] = pool.submit(probe, batch).result() | {"time": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
       os.makedirs(folder, exist_ok=True)
       tmp = f"{path}.{os.getpid()}.tmp"

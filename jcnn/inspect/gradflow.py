@@ -8,15 +8,21 @@ Two comparisons, each run as ONE jitted program vmapped over the variant axis (t
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Sequence, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 from jax import lax
 
-from jcnn import layers
+from jcnn import data
+from jcnn.inspect import figures
+from jcnn.nn import layers
 
 Array = jax.Array
 
@@ -99,3 +105,63 @@ def norms_over_training(make_model, values, x: Array, y: Array, key: Array, step
 
 def activation_names(indices: Sequence[int]) -> list[str]:
   return [layers.ACTIVATIONS[i] for i in indices]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The study: experiments/gradient_flow.py and `python -m jcnn.inspect gradient_flow`.
+def default_config() -> ml_collections.ConfigDict:
+  """The study's settings (experiments/gradient_flow.py's get_config)."""
+  c = ml_collections.ConfigDict()
+  c.name = "gradient_flow"
+  c.description = "Per-layer gradient norms: sigmoid/tanh/ReLU 12-layer MLP; 12-conv plain vs residual (JSON + PNG)"
+  c.depth = 12                  # layers in each stack
+  c.mlp_width = 64              # units per dense layer
+  c.conv_width = 16             # channels per conv layer
+  c.activations = ("sigmoid", "tanh", "relu")
+  c.steps = 50                  # SGD steps after initialisation (row 0 of the norms is the initialisation)
+  c.learning_rate = 0.05        # SGD
+  c.batch_size = 64
+  c.conv_image = 14             # conv stack input: Fashion-MNIST downsampled to 14x14 (2x2 mean), to keep it quick
+  c.examples = 3200             # training images used (batches cycle through them)
+  c.seed = 0
+  c.lock()
+  return c
+
+
+def _data(config):
+  try:
+    ds = data.load({"name": "fashion_mnist", "train_limit": config.examples})
+  except Exception:  # pylint: disable=broad-except  (no dataset on disk: synthetic images keep the experiment runnable)
+    ds = data.load({"name": "synthetic", "synthetic_size": (config.examples, 16)})
+  return ds.train_x, ds.train_y
+
+
+def study(config, workdir: str) -> dict:
+  """Runs both comparisons; writes workdir/gradient_flow.json and .png; returns the record."""
+  os.makedirs(workdir, exist_ok=True)
+  x, y = _data(config)
+  key = jax.random.key(config.seed)
+  acts = [layers.activation_index(a) for a in config.activations]
+  mlp = norms_over_training(
+      lambda a: DeepMLP(config.depth, config.mlp_width, activation=a), acts, x, y, key, config.steps,
+      config.learning_rate, config.batch_size)                                   # [3, steps + 1, depth]
+  s = 28 // config.conv_image
+  xc = x.reshape(x.shape[0], config.conv_image, s, config.conv_image, s, x.shape[-1]).mean((2, 4))
+  conv = norms_over_training(
+      lambda r: DeepConv(config.depth, config.conv_width, residual=r), [0.0, 1.0], xc, y, key, config.steps,
+      config.learning_rate, config.batch_size)                                   # [2, steps + 1, depth]
+  mlp, conv = np.asarray(mlp), np.asarray(conv)
+  rec = {"config": config.to_dict(),
+         "mlp": {a: mlp[i].tolist() for i, a in enumerate(config.activations)},
+         "conv": {"plain": conv[0].tolist(), "residual": conv[1].tolist()},
+         "first_layer_at_init": {**{a: float(mlp[i, 0, 0]) for i, a in enumerate(config.activations)},
+                                 "conv_plain": float(conv[0, 0, 0]), "conv_residual": float(conv[1, 0, 0])}}
+  if "sigmoid" in config.activations and "relu" in config.activations:
+    rec["relu_over_sigmoid_first_layer_at_init"] = float(mlp[list(config.activations).index("relu"), 0, 0] /
+                                                         mlp[list(config.activations).index("sigmoid"), 0, 0])
+  with open(os.path.join(workdir, "gradient_flow.json"), "w") as f:
+    json.dump(rec, f)
+  rec["png"] = figures.plot_gradient_flow({f"{a} MLP": mlp[i] for i, a in enumerate(config.activations)},
+                                      {"plain conv": conv[0], "residual conv": conv[1]},
+                                      os.path.join(workdir, "gradient_flow.png"))
+  return {k: v for k, v in rec.items() if k not in ("mlp", "conv")}

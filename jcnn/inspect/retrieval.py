@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn import layers
+from jcnn.nn import layers
 
 
 def penultimate(model: nn.Module, variables, x: jax.Array) -> jax.Array:

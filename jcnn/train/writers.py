@@ -85,26 +85,30 @@ class Writer:
   """metrics.jsonl + TensorBoard + console lines for one training program.
 
   workdir None: console only. `variants` (sweeps): the TensorBoard run name and the global index of each row of the
-  variant axis. `resume_step`: rows after it are dropped from metrics.jsonl and TensorBoard (they are recomputed).
+  variant axis. Nothing is opened until the loop calls `start(step)` with the step it restored (0 for a new run):
+  rows after that step are dropped from metrics.jsonl and TensorBoard, since the loop computes them again.
   """
 
   def __init__(self, workdir: str | None, *, variants: Sequence[tuple[str, int]] | None = None,
-               tensorboard: bool = True, resume_step: int = 0, program: int | None = None):
-    self.workdir, self.variants, self.program = workdir, variants, program
+               tensorboard: bool = True, program: int | None = None):
+    self.workdir, self.variants, self.program, self.tensorboard = workdir, variants, program, tensorboard
     self.log = self.tb = None
-    if workdir is None:
+
+  def start(self, resume_step: int):
+    """Opens the files, keeping the rows up to `resume_step` (the restored checkpoint's step)."""
+    if self.workdir is None:
       return
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = os.path.join(self.workdir, "metrics.jsonl")
     if resume_step or os.path.exists(path):
-      keep = [r for r in read_jsonl(path) if r.get("program") != program or r["step"] <= resume_step]
+      keep = [r for r in read_jsonl(path) if r.get("program") != self.program or r["step"] <= resume_step]
       with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
     self.log = open(path, "a")
-    if tensorboard:
+    if self.tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       purge = {"purge_step": resume_step + 1} if resume_step else {}   # TensorBoard drops the recomputed steps
-      names = [name for name, _ in variants] if variants else [""]
-      self.tb = [SummaryWriter(os.path.join(workdir, "tb", n), flush_secs=10, **purge) for n in names]
+      names = [name for name, _ in self.variants] if self.variants else [""]
+      self.tb = [SummaryWriter(os.path.join(self.workdir, "tb", n), flush_secs=10, **purge) for n in names]
 
   def _rows(self, row: dict) -> list[dict]:
     """One row per variant: list values split, scalars kept."""
@@ -170,8 +174,9 @@ def write_json(path: str, obj: Any):
 def write_run(workdir: str, results: dict):
   """results.json and curves.png of a single run (results.json last: it marks the run finished)."""
   try:
-    from jcnn import viz  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
-    viz.plot_learning_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+    from jcnn.train import plots  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
+    rows = [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if r.get("kind") == "epoch"]
+    plots.plot_learning_curves(rows, os.path.join(workdir, "curves.png"))
   except ImportError:
     pass
   write_json(os.path.join(workdir, "results.json"), results)
@@ -190,8 +195,8 @@ def write_sweep(workdir: str, results: list[dict], rows: list[dict], table: str,
     w.writeheader()
     w.writerows(rows)
   try:
-    from jcnn import viz  # pylint: disable=g-import-not-at-top
-    viz.plot_sweep(results, rows, keys, workdir)
+    from jcnn.train import plots  # pylint: disable=g-import-not-at-top
+    plots.plot_sweep(results, rows, keys, workdir)
   except ImportError:
     pass
   write_json(os.path.join(workdir, "summary.json"), rows)

@@ -1,0 +1,95 @@
+"""A sweep from a config and a grid: check config -> workdir -> mesh -> data -> programs -> run -> write, the same
+sequence as a single run (jcnn.train.experiment) with a variant axis."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from jcnn import config as config_lib, data as data_lib, models
+from jcnn.errors import ConfigError
+from jcnn.inspect import summary
+from jcnn.parallel import mesh as mesh_lib
+from jcnn.sweep.grid import swept_axes, variants_of
+from jcnn.sweep.lift import padded, train_variants
+from jcnn.sweep.memory import variants_per_program
+from jcnn.sweep.results import aggregate, markdown_table
+from jcnn.train import program as program_lib, workdir as workdir_lib, writers
+
+
+def run_sweep(config, sweep, workdir: str) -> dict:
+  """`launch.py` for an experiment with get_sweep(): every group, every variant, then the table and plots. Resumes
+  an unfinished sweep in `workdir` (same config and grid). Returns {'results' (per variant), 'rows', 'table'}."""
+  configs, groups, variants, swept = _check(config, sweep)
+  keys = (["group"] if groups != [""] else []) + swept
+  with workdir_lib.claim(workdir, config, "summary.json", extra={"sweep": sweep}) as resumed:
+    main = mesh_lib.is_main()
+    plan, mesh = _plan(config, configs, variants, sweep, workdir, resumed)
+    print(mesh_lib.line(mesh), flush=True)
+    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed)
+    if main:
+      workdir_lib.write_config(workdir, config, resumed, extra={"sweep": sweep}, mesh=mesh)
+      os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+      writers.write_json(os.path.join(workdir, "checkpoints", PLAN), plan)
+      print(f"sweep: {len(groups)} group(s) x {len(variants)} variants ({', '.join(swept) or 'seeds'} x "
+            f"{sweep.seeds} seeds)", flush=True)
+    results = []
+    for gi, (g, cfg) in enumerate(zip(groups, configs)):
+      if g:
+        print(f"group {g}", flush=True)
+      if main:
+        model = models.get(cfg.model, num_classes=ds.num_classes)
+        print(summary.summary(model, ds.image_shape, flops=False, input_dtype=ds.train_x.dtype))
+      for r in train_variants(cfg, variants, ds, swept, sweep.max_chunk, sweep.strategy, workdir=workdir,
+                              group=(gi, g), chunk=plan[str(gi)], mesh=mesh, pad_to=plan["pad_to"]):
+        r["hparams"] = dict(r["hparams"], group=g) if g else r["hparams"]
+        r.pop("params")
+        results.append(r)
+    rows = aggregate(results, keys)
+    table = markdown_table(rows, keys)
+    if main:
+      writers.write_sweep(workdir, results, rows, table, keys)
+      print(table)
+      print(f"results: {workdir}/summary.md (.csv, .json), variants.jsonl, *.png")
+  return {"results": results, "rows": rows, "table": table}
+
+
+PLAN = "plan.json"   # in <workdir>/checkpoints: variants per program and the padding, kept for resuming
+
+
+def _check(config, sweep):
+  """The config, each group's config and the grid, checked before the workdir is touched: (configs, groups,
+  variants, swept axes)."""
+  config_lib.check_config(config)
+  variants = variants_of(config, sweep)
+  groups = list(sweep.groups) or [""]
+  configs = [config_lib.apply_group(config, g) if g else config for g in groups]
+  for c in configs:
+    config_lib.check_config(c)
+  if not isinstance(sweep.max_chunk, int) or sweep.max_chunk < 0:
+    raise ConfigError(f"sweep.max_chunk={sweep.max_chunk!r}: must be an integer >= 0 (0 = automatic)")
+  if sweep.strategy not in ("auto", "vmap", "map", "unroll"):
+    raise ConfigError(f"sweep.strategy={sweep.strategy!r}: must be one of auto, vmap, map, unroll")
+  return configs, groups, variants, swept_axes(sweep)
+
+
+def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
+  """(plan, mesh): variants per program for each group (process 0's figure on every process, since their memory may
+  differ) and the sweep's one mesh. A new sweep takes its variant axis from the chunk size and pads its programs'
+  variants to a multiple of it (plan 'pad_to'); a resumed one keeps that padding, so its checkpoints keep their
+  shapes on any device count whose variant axis divides them."""
+  path = os.path.join(workdir, "checkpoints", PLAN)
+  plan = json.load(open(path)) if resumed and os.path.exists(path) else {}
+  host_ds = data_lib.load(config.data, seed=config.train.seed, put=np.asarray)
+  for gi, c in enumerate(configs):
+    jax.eval_shape(program_lib.single_program(c, host_ds).init)   # ShapeError, before any file, if a model cannot
+    if str(gi) not in plan:
+      plan[str(gi)] = mesh_lib.from_process_0(variants_per_program(c, host_ds, len(variants), sweep.max_chunk)[0])
+  if "pad_to" in plan:
+    rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
+            for s in range(0, len(variants), plan[str(gi)])]
+    return plan, mesh_lib.make(config, n_variants=min(rows), divide=int(np.gcd.reduce(rows)))
+  mesh = mesh_lib.make(config, n_variants=min(plan[str(gi)] for gi in range(len(configs))))
+  return plan | {"pad_to": int(mesh.shape["variant"])}, mesh

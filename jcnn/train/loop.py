@@ -1,0 +1,188 @@
+"""The one training loop, for single runs and sweeps.
+
+    program = program.single_program(config, ds)   # or sweep.program(...): the same per-model functions, lifted
+    out = run(program, ds, config, ckpt=checkpoint.Checkpoints(dir), writer=writers.Writer(workdir))
+
+`run` is the loop over a Program (jcnn.train.program), top to bottom: restore or init (resume is the default), then
+per epoch the steps (jitted, donated, no host sync between logging points), evaluation on val and test, the epoch row
+for the writers, the divergence check, and a checkpoint. Checkpoints also every `checkpoint.every_steps` steps and on
+SIGINT / SIGTERM, after which the loop stops with `Interrupted`.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn import data as data_lib
+from jcnn.errors import Diverged, Interrupted
+from jcnn.parallel import mesh as mesh_lib
+from jcnn.train import checkpoint, writers
+from jcnn.train.program import Program, RunState
+
+# Steps queued at most on a CPU mesh of several devices: XLA:CPU's collectives over forced host devices stalled
+# (a 40 s rendezvous timeout, then an abort) with a whole epoch queued on 2 busy cores (benchmarks/scaling.py).
+IN_FLIGHT = 8
+
+
+@contextlib.contextmanager
+def stop_signals():
+  """SIGINT (Ctrl-C) and SIGTERM ask the loop to checkpoint and stop after the current step; a second Ctrl-C quits
+  at once. Yields a dict whose 'signum' is set when asked."""
+  asked = {"signum": 0}
+  if not _main_thread():
+    yield asked
+    return
+
+  def handler(signum, _):
+    asked["signum"] = signum
+    print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (Ctrl-C again to quit at once)",
+          flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield asked
+  finally:
+    for s, h in old.items():
+      signal.signal(s, h)
+
+
+def _main_thread() -> bool:
+  import threading  # pylint: disable=g-import-not-at-top
+  return threading.current_thread() is threading.main_thread()
+
+
+def _means(sums, V: int | None = None) -> dict:
+  """Metric sums (scalars or [V]) -> {'loss', 'accuracy'} as floats or lists over variants (a collective when the
+  variants are split across processes)."""
+  s = mesh_lib.host(sums)
+  count = np.maximum(np.asarray(s["count"]), 1)
+  out = {"loss": np.asarray(s["loss_sum"]) / count, "accuracy": np.asarray(s["correct"]) / count}
+  if V is not None:   # a sweep's padding variants (see sweep.train_variants) are not reported
+    out = {k: v[:V] for k, v in out.items()}
+  return {k: v.tolist() for k, v in out.items()}
+
+
+def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Checkpoints | None = None,
+        writer: writers.Writer | None = None) -> dict:
+  """Trains `program` for config.train.epochs from its newest checkpoint (or from init). Returns {'state' (the
+  TrainState, stacked for sweeps), 'failed_at', 'history' (epoch rows), 'compile_seconds', 'seconds'}.
+  Raises Diverged (single run, loss or parameters non-finite) and Interrupted (SIGINT / SIGTERM, after saving)."""
+  tc = config.train
+  steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
+  V = None if program.variants is None else len(program.variants)
+  writer = writer or writers.Writer(None)
+  on_mesh = (lambda a: jnp.asarray(a)) if program.mesh is None else (
+      lambda a: mesh_lib.put(a, mesh_lib.replicated(program.mesh)))
+  eval_sets = {split: (x, y, *(on_mesh(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size,
+                                                                         mesh_lib.axis(program.mesh, "data"))))
+               for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
+               if x is not None}   # fixed-size batch indices, on the device once for the whole run
+  several = jax.process_count() > 1
+  throttle = program.mesh is not None and program.mesh.devices.size > 1 and program.mesh.devices.flat[0].platform == "cpu"
+  t_start = time.perf_counter()
+
+  # ---- Restore or init: resuming is the default.
+  where = None if program.mesh is None else (
+      mesh_lib.replicated(program.mesh) if V is None else mesh_lib.by_variant(program.mesh))
+  rs, meta = checkpoint.restore_or_init(ckpt, program.init, where)
+  history = list(meta.get("history", []))
+  step = int(np.max(mesh_lib.host(rs.train.step)))
+  if meta:
+    print(f"resumed from the checkpoint at step {step} (epoch {step // steps_per_epoch} + "
+          f"{step % steps_per_epoch} steps)", flush=True)
+  writer.start(step)   # metrics.jsonl and TensorBoard keep the rows up to the restored step
+
+  data_info = {"num_classes": ds.num_classes, "input_shape": list(ds.image_shape), "input_dtype": str(ds.train_x.dtype),
+               "preprocess": ds.stats}   # what inference needs: the model's input and the training split's statistics
+
+  def save():
+    if ckpt is not None:
+      ckpt.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs)})
+
+  save()   # step 0 of a new run: a run killed before its first epoch ends still resumes
+
+  # ---- Train.
+  compile_s = None
+  with stop_signals() as stop:
+    for epoch in range(step // steps_per_epoch + 1, epochs + 1):
+      batches = program.batches(epoch)                 # [steps, B] or [V, steps, B]
+      first = step - (epoch - 1) * steps_per_epoch     # > 0 when resuming inside this epoch
+      if first == 0:   # zeros where the sums live (on the mesh: the same sharding)
+        rs = rs.replace(acc=jax.tree.map(jnp.zeros_like, rs.acc), log_acc=jax.tree.map(jnp.zeros_like, rs.acc))
+      progress = writers.Progress(steps_per_epoch, f"epoch {epoch}/{epochs}" + (f" ({V} variants)" if V else ""),
+                                  done=first)
+      t_epoch = time.perf_counter()
+      for i in range(first, steps_per_epoch):
+        rs = program.step(rs, batches)
+        step += 1
+        if throttle and step % IN_FLIGHT == 0:
+          jax.block_until_ready(rs.acc)
+        if compile_s is None:
+          jax.block_until_ready(rs.acc)
+          compile_s = time.perf_counter() - t_epoch
+          print(f"compiled the train step in {compile_s:.1f}s (first step included)", flush=True)
+          progress.restart(i + 1)
+        if step % tc.log_every == 0:
+          writer.train({"step": step, "epoch": epoch, **_means(jax.tree.map(jnp.subtract, rs.acc, rs.log_acc), V)})
+          rs = rs.replace(log_acc=jax.tree.map(jnp.copy, rs.acc))
+          _check_diverged(rs, V, ckpt)
+        progress.update(i + 1, lambda: {k: float(np.mean(v)) for k, v in _means(   # this process's variants
+            jax.tree.map(lambda a: a.sum(), mesh_lib.local(rs.acc))).items()})
+        if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+          save()
+        # Several processes stop together: they agree at each logging step (one process alone checks every step).
+        if stop["signum"] if not several else (step % tc.log_every == 0 and mesh_lib.any_process(stop["signum"])):
+          stop["signum"] = stop["signum"] or signal.SIGTERM
+          save()
+          if ckpt is not None:
+            ckpt.wait()
+          raise Interrupted(stop["signum"], step, ckpt.directory if ckpt else None)
+      progress.close()
+
+      train_m = _means(rs.acc, V)
+      row = {"epoch": epoch, "step": step, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"]}
+      for split, args in eval_sets.items():
+        m = _means(program.evaluate(rs.train, *args), V)
+        row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
+      if V is not None:
+        row["failed_at"] = mesh_lib.host(rs.failed_at)[:V].tolist()
+      row["epoch_seconds"] = time.perf_counter() - t_epoch
+      _check_diverged(rs, V, ckpt)
+      history.append(row)
+      writer.epoch(row, epochs)
+      save()
+
+  if not history:  # epochs = 0: evaluate the initial model
+    m = _means(program.evaluate(rs.train, *eval_sets["test"]))
+    history.append({"epoch": 0, "step": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
+  if ckpt is not None:
+    ckpt.wait()
+  return {"state": rs.train, "failed_at": mesh_lib.host(rs.failed_at), "history": history,
+          "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start}
+
+
+def _check_diverged(rs: RunState, V, ckpt):
+  """One policy: a sweep's diverged variant is masked (it keeps its last finite state); a single run stops."""
+  if V is not None:
+    return
+  failed_at = int(mesh_lib.host(rs.failed_at))
+  if failed_at >= 0:
+    if ckpt is not None:
+      ckpt.wait()
+    kept = ckpt.latest_step() if ckpt is not None else None
+    where = f"; its last good checkpoint (step {kept}) is kept in {ckpt.directory}" if kept is not None else ""
+    raise Diverged(f"training diverged: the loss or parameters became NaN/Inf at step {failed_at}{where}; lower "
+                   f"config.optim.learning_rate (or add a schedule) and pass a new --workdir")
+
+
+def _variant_table(program: Program, rs: RunState) -> dict:
+  if program.variants is None:
+    return {}
+  failed_at = mesh_lib.host(rs.failed_at).tolist()
+  return {"variants": [{"hparams": v, "failed_at": f} for v, f in zip(program.variants, failed_at)]}

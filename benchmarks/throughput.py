@@ -40,7 +40,8 @@ import jax.numpy as jnp  # noqa: E402
 from jcnn import config as config_lib, data as data_lib, models, train  # noqa: E402
 from jcnn.inspect import summary  # noqa: E402
 from jcnn.parallel import machine  # noqa: E402
-from jcnn.train import loop, program as program_lib, train_and_evaluate, writers  # noqa: E402
+from jcnn.train import loop, program as program_lib, writers# noqa: E402
+from jcnn.experiment import train_and_evaluate  # noqa: E402
 from jcnn.parallel import mesh as mesh_lib  # noqa: E402
 
 CASES = {  # name -> (model config, input shape [H, W, C], optimizer config)

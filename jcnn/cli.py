@@ -155,11 +155,11 @@ def run(argv, define_flags: Callable[[flags.FlagValues], None], usage: str) -> i
       if hasattr(module, "main"):         # an experiment that is not a training run (gradient_flow)
         module.main(fv.config, workdir)
       elif "sweep" in fv:
-        from jcnn.sweep import experiment as sweep_experiment  # pylint: disable=g-import-not-at-top
-        sweep_experiment.run_sweep(fv.config, fv.sweep, workdir)
+        from jcnn import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+        experiment_lib.run_sweep(fv.config, fv.sweep, workdir)
       else:
-        from jcnn.train import experiment as train_experiment  # pylint: disable=g-import-not-at-top
-        train_experiment.train_and_evaluate(fv.config, workdir)
+        from jcnn import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
+        experiment_lib.train_and_evaluate(fv.config, workdir)
     except UserError as e:
       fail(str(e), e.exit_code)
     except Interrupted as e:

@@ -20,7 +20,8 @@ from conftest import ROOT
 from experiments import ablation_dropout
 from jcnn import sweep
 from jcnn.sweep import lift
-from jcnn.train import checkpoint, loop, program as program_lib, train_and_evaluate, workdir as workdir_lib
+from jcnn.train import checkpoint, loop, program as program_lib, workdir as workdir_lib
+from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn.errors import ConfigError, Diverged, Interrupted
 
 
@@ -104,19 +105,19 @@ def test_sweep_resumes_bit_identical(tmp_path, monkeypatch):
   s.seeds = 2
   s.dropout_rate = (0.0, 0.5)
   s.max_chunk = 2            # two programs: the interruption lands in the second
-  ref = sweep.run_sweep(tiny_config(), s, str(tmp_path / "ref"))
+  ref = run_sweep(tiny_config(), s, str(tmp_path / "ref"))
   workdir = str(tmp_path / "sweep")
   with monkeypatch.context() as m:
     interrupt_at(m, lift, "program", at=15 + 12, signum=signal.SIGTERM)   # the second program's step 12
     with pytest.raises(Interrupted) as e:
-      sweep.run_sweep(tiny_config(), s, workdir)
+      run_sweep(tiny_config(), s, workdir)
   assert e.value.exit_code == 143 and e.value.step == 12
   assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints", "0-0")).latest_step() == 15   # finished
   meta = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints", "0-2")).meta()
   assert meta["step"] == 12 and [v["hparams"]["dropout_rate"] for v in meta["variants"]] == [0.5, 0.5]
   assert [v["hparams"]["seed"] for v in meta["variants"]] == [0, 1]
   assert [v["failed_at"] for v in meta["variants"]] == [-1, -1] and len(meta["history"]) == 2
-  out = sweep.run_sweep(tiny_config(), s, workdir)
+  out = run_sweep(tiny_config(), s, workdir)
   for a, b in zip(out["results"], ref["results"]):
     assert a["hparams"] == b["hparams"]
     assert [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in a["curves"]] == \

@@ -17,7 +17,7 @@ from PIL import Image
 
 from experiments import fashion_convnet
 from jcnn import export, models
-from jcnn.train import train_and_evaluate
+from jcnn.experiment import run_sweep, train_and_evaluate
 
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed (pip install -e '.[export]')")
 
@@ -142,7 +142,7 @@ def test_sweep_variant_by_index_or_hyperparameters_and_failed_refused(tmp_path):
   s = sweep.default_sweep()
   s.seeds = 1
   s.learning_rate = (0.01, 1e12)
-  sweep.run_sweep(c, s, str(tmp_path / "sw"))
+  run_sweep(c, s, str(tmp_path / "sw"))
   a = export.load(str(tmp_path / "sw"), 0)
   b = export.load(str(tmp_path / "sw"), {"learning_rate": 0.01})
   x = np.zeros((1, 28, 28, 1), np.uint8)

@@ -222,7 +222,7 @@ def test_gradient_flow_experiment_config():
 def test_a_trained_runs_workdir_feeds_every_capability(tmp_path):
   """--workdir: the run's checkpointed parameters, not a retrained model (feature maps checked against them)."""
   from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
-  from jcnn.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from jcnn.experiment import train_and_evaluate  # pylint: disable=g-import-not-at-top
   c = fashion_convnet.get_config()
   c.data.name, c.data.synthetic_size = "synthetic", (64, 32)
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 16

@@ -11,10 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The floors, bottom first: a module may import its own package and the floors below its own. The README's
 # architecture table lists the same floors in the same order (checked below).
-FLOORS = ("jcnn.errors", "jcnn.nn", "jcnn.models", "jcnn.config", "jcnn.data", "jcnn.inspect", "jcnn.parallel",
-          "jcnn.train", "jcnn.sweep", "jcnn.export", "jcnn.cli")
-# Entry points sit on the top floor, whatever package holds them: `python -m jcnn.inspect` is one, like launch.py.
-ENTRY_POINTS = ("jcnn.cli", "jcnn.inspect.cli", "jcnn.inspect.__main__")
+FLOORS = ("jcnn.errors", "jcnn.nn", "jcnn.models", "jcnn.config", "jcnn.data", "jcnn.parallel", "jcnn.train",
+          "jcnn.inspect", "jcnn.sweep", "jcnn.experiment", "jcnn.export", "jcnn.cli")
 
 
 def modules(root: str, package: str) -> dict[str, str]:
@@ -81,9 +79,7 @@ def circles(g: dict) -> list[list[str]]:
   return out
 
 
-def floor(module: str, floors, entry_points) -> int:
-  if module in entry_points:
-    return len(floors) - 1
+def floor(module: str, floors) -> int:
   best = [i for i, f in enumerate(floors) if module == f or module.startswith(f + ".")]
   if not best:
     raise AssertionError(f"{module} is on no floor: add its package to FLOORS (tests/test_structure.py) and the "
@@ -91,16 +87,15 @@ def floor(module: str, floors, entry_points) -> int:
   return best[0]
 
 
-def upward(g: dict, floors, entry_points) -> list[str]:
+def upward(g: dict, floors) -> list[str]:
   """'a -> b (line n)' for every import of a module on a higher floor, or of `experiments`."""
   bad = []
   for m, targets in sorted(g.items()):
     for t, line in targets:
       if t.split(".")[0] == "experiments":
         bad.append(f"{m} -> {t} (line {line}): the library never imports an experiment")
-      elif floor(t, floors, entry_points) > floor(m, floors, entry_points):
-        bad.append(f"{m} -> {t} (line {line}): an arrow up from {floors[floor(m, floors, entry_points)]} to "
-                   f"{floors[floor(t, floors, entry_points)]}")
+      elif floor(t, floors) > floor(m, floors):
+        bad.append(f"{m} -> {t} (line {line}): an arrow up from {floors[floor(m, floors)]} to {floors[floor(t, floors)]}")
   return bad
 
 
@@ -125,15 +120,15 @@ def test_checker_finds_a_circle_through_a_lazy_import(tmp_path):
 def test_checker_finds_an_arrow_up_and_an_experiment(tmp_path):
   write(tmp_path, {"p/__init__.py": "", "p/low/__init__.py": "", "p/low/x.py": "def f():\n  from p.high import y\n",
                    "p/high/__init__.py": "from p.low import x\n", "p/high/y.py": "import experiments.foo\n",
-                   "p/top.py": "from p.high import y\n", "p/high/cli.py": "from p import top\n"})
+                   "p/top.py": "from p.high import y\n"})
   g = graph(str(tmp_path), "p")
-  floors, entry = ("p.low", "p.high", "p.top"), ("p.top", "p.high.cli")
-  assert upward(g, floors, entry) == [
+  floors = ("p.low", "p.high", "p.top")
+  assert upward(g, floors) == [
       "p.high.y -> experiments.foo (line 1): the library never imports an experiment",
       "p.low.x -> p.high.y (line 2): an arrow up from p.low to p.high"]
   assert circles(g) == []
   with pytest.raises(AssertionError, match="p.low.x is on no floor"):
-    upward(g, floors[1:], entry)
+    upward(g, floors[1:])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,7 +138,7 @@ def test_jcnn_has_no_import_circles():
 
 
 def test_jcnn_arrows_point_down_and_never_to_experiments():
-  assert upward(graph(ROOT, "jcnn"), FLOORS, ENTRY_POINTS) == []
+  assert upward(graph(ROOT, "jcnn"), FLOORS) == []
 
 
 def test_nn_imports_nothing_of_jcnn_but_errors():

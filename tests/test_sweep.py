@@ -16,7 +16,8 @@ from experiments import ablation_dropout
 from jcnn import data as data_lib
 from jcnn import models, sweep
 from jcnn.nn import layers
-from jcnn.train import loop, train_and_evaluate
+from jcnn.train import loop
+from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn import train as train_lib
 
 
@@ -280,7 +281,7 @@ def test_run_sweep_writes_files_val_metrics_and_applies_groups(tmp_path):
   s = ablation_dropout.get_sweep()
   s.seeds = 2
   s.groups = ("model.dense=8",)
-  out = sweep.run_sweep(config, s, str(tmp_path))
+  out = run_sweep(config, s, str(tmp_path))
   for f in ("summary.md", "summary.csv", "summary.json", "variants.jsonl", "config.json", "curves.png",
             "accuracy_vs_dropout_rate.png", "accuracy_vs_group.png", "metrics.jsonl"):
     assert (tmp_path / f).exists(), f
@@ -301,4 +302,4 @@ def test_run_sweep_writes_files_val_metrics_and_applies_groups(tmp_path):
   assert sorted(os.listdir(tmp_path / "tb")) == sorted(f"group=model.dense=8,dropout_rate={r},seed={k}"
                                                        for r in (0.0, 0.25, 0.5) for k in (0, 1))
   with pytest.raises(sweep.ConfigError, match="already holds a finished run"):
-    sweep.run_sweep(config, s, str(tmp_path))
+    run_sweep(config, s, str(tmp_path))

@@ -15,7 +15,8 @@ from conftest import ROOT
 from jcnn import data as data_lib
 from jcnn import train
 from jcnn.nn import blocks, layers
-from jcnn.train import train_and_evaluate, writers
+from jcnn.train import writers
+from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn import config as config_lib
 from jcnn.errors import ConfigError
 from jcnn.models.convnet import ConvNet
@@ -448,7 +449,7 @@ def test_experiment_one_step(name, tmp_path):
     from jcnn import sweep  # pylint: disable=g-import-not-at-top
     s = module.get_sweep()
     s.seeds = 1
-    out = sweep.run_sweep(c, s, workdir)
+    out = run_sweep(c, s, workdir)
     assert os.path.exists(os.path.join(workdir, "config.json"))
     with open(os.path.join(workdir, "summary.json")) as f:
       summary_rows = json.load(f)

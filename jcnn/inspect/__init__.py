@@ -5,9 +5,9 @@
   retrieval    penultimate-layer embeddings, blocked cosine top-k, precision@k / recall@k
   gradflow     deep plain / residual stacks and per-layer gradient norms over training (the gradient-flow study)
   figures      image grids and gradient-flow curves as PNG files
-  cli          `python -m jcnn.inspect <capability>`: an entry point (a trained run's model, or a quickly trained
-               convnet, through the capabilities above)
+  cli          `python -m jcnn.inspect <capability>`: a trained run's model (or a quickly trained convnet) through
+               the functions above, drawn as PNG and JSON files
 
-May import: jcnn.config, errors, nn, models, data. The entry point `cli` (like jcnn.cli) sits on top and may import
-anything; train and sweep use `summary` to print and size a model.
+May import: jcnn.train (a trained run's variables; the quick convnet's steps), parallel, data, config, models, nn,
+errors. Sweeps size their programs with `summary`; jcnn.experiment prints it.
 """

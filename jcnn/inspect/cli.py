@@ -12,8 +12,7 @@ Commands that need a trained model train the Keras convnet briefly (`--train_ste
 in `--params_cache`); `--workdir=RUN` takes a trained run's parameters from its newest checkpoint (a sweep's: with
 `--variant=K`, a line of its variants.jsonl).
 
-An entry point, like jcnn.cli: it sits on top of the house and may import anything of jcnn (a trained run comes from
-jcnn.train.checkpoint).
+A trained run comes from jcnn.train.checkpoint, the quick convnet from jcnn.train's step.
 """
 from __future__ import annotations
 

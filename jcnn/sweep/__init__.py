@@ -15,16 +15,15 @@ A sweep is `get_sweep()` next to an experiment's `get_config()` (defaults: `defa
   memory       how many variants one program may hold
   lift         the train program's per-model functions lifted over the variant axis; train_variants
   results      mean ± std over seeds, ranked; the markdown table
-  experiment   run_sweep(config, sweep, workdir): the single run's sequence with a variant axis
 
-May import: everything below it (jcnn.train and what train may import). Not export or cli.
+May import: jcnn.train, inspect and everything below them. The sequence that drives a sweep from its config is
+jcnn.experiment.run_sweep, above this package.
 """
-from jcnn.sweep.experiment import run_sweep
 from jcnn.sweep.grid import AXES, default_sweep, swept_axes, variants_of
 from jcnn.sweep.lift import GroupFns, default_strategy, make_group_fns, padded, per_device, program, train_variants
 from jcnn.sweep.memory import bytes_per_variant, chunk_size, device_memory_budget, variants_per_program
 from jcnn.sweep.results import METRICS, aggregate, markdown_table
 
-__all__ = ["run_sweep", "AXES", "default_sweep", "swept_axes", "variants_of", "GroupFns", "default_strategy",
+__all__ = ["AXES", "default_sweep", "swept_axes", "variants_of", "GroupFns", "default_strategy",
            "make_group_fns", "padded", "per_device", "program", "train_variants", "bytes_per_variant", "chunk_size",
            "device_memory_budget", "variants_per_program", "METRICS", "aggregate", "markdown_table"]

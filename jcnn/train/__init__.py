@@ -7,17 +7,16 @@
   checkpoint   orbax save / restore / resume, and a trained run's model for inference
   workdir      a run's folder: new, resumed or refused; held by one process at a time; config.json
   writers      progress line, metrics.jsonl, TensorBoard, final files; plots draws their PNGs
-  experiment   train_and_evaluate(config, workdir): check config -> workdir -> mesh -> data -> program -> run -> write
 
-May import: jcnn.config, errors, nn, models, data, inspect, parallel. Not sweep, export or cli.
+May import: jcnn.config, errors, nn, models, data, parallel. The sequence that drives a run from its config is
+jcnn.experiment.train_and_evaluate, above this package.
 """
-from jcnn.train.experiment import train_and_evaluate
 from jcnn.train.optim import learning_rate_of, make_optimizer, set_hyperparam
 from jcnn.train.step import (LOSS_SCALE_PERIOD, MICRO_BATCH_CPU, LossScale, TrainState, eval_epoch, evaluate,
                              init_state, make_eval_step, make_train_step, micro_batch_size, per_example_loss,
                              summarize, take, update_loss_scale, zero_metrics)
 
-__all__ = ["train_and_evaluate", "learning_rate_of", "make_optimizer", "set_hyperparam", "LOSS_SCALE_PERIOD",
+__all__ = ["learning_rate_of", "make_optimizer", "set_hyperparam", "LOSS_SCALE_PERIOD",
            "MICRO_BATCH_CPU", "LossScale", "TrainState", "eval_epoch", "evaluate", "init_state", "make_eval_step",
            "make_train_step", "micro_batch_size", "per_example_loss", "summarize", "take", "update_loss_scale",
            "zero_metrics"]

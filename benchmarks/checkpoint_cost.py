@@ -3,8 +3,8 @@
   python benchmarks/checkpoint_cost.py                           # fashion_convnet and ablation_dropout (9 variants)
   python benchmarks/checkpoint_cost.py --saves=9 --out=docs/checkpoint_cost_cpu2.json
 
-Saves the loop's real carried state (program_lib.RunState, as `loop.run` does, after 20 training steps so the optimizer state
-is not all zeros) with jcnn.train.checkpoint several times: "blocking"
+Saves the loop's real carried state (jcnn.train.program.RunState, as `loop.run` does, after 20 training steps so the
+optimizer state is not all zeros) with jcnn.train.checkpoint several times: "blocking"
 is the time `save` takes before training may go on (the arrays are copied off the device; orbax writes the files in a
 background thread), "total" the time until the files are committed (`wait`). Medians over the saves; bytes are one
 step folder's size on disk.

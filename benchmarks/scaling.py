@@ -6,8 +6,9 @@
   python benchmarks/scaling.py --real                   # the machine's own devices (a GPU machine), D = 1..all
 
 Each device count runs in its own subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=D on CPU; on a GPU
-machine the first D GPUs) and times the loop's real program step (`jcnn.train.program.single_program` / `sweep.program` on a
-`jcnn.parallel.mesh` mesh): warm-up and compile apart, then the median of several windows. On CPU the forced devices share the
+machine the first D GPUs) and times the loop's real program step (`jcnn.train.program.single_program` /
+`sweep.program` on a `jcnn.parallel.mesh` mesh): warm-up and compile apart, then the median of several windows. On
+CPU the forced devices share the
 same cores, so the table shows the overhead of splitting (partitioned programs, collectives), not a speed-up: the
 ideal there is 1.0x, not Dx. Ratios are against D = 1 in the same invocation.
 """

@@ -3,10 +3,11 @@
   python benchmarks/sweep_throughput.py                      # V = 1 2 4 8 16, batch 64, strategies vmap and map
   python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=sweep.json
 
-"Sequential" is the single-model step of the one loop (`jcnn.train.program.single_program`, what `loop.run` calls per step: jitted,
-donated, batch gathered on the device); V models trained one after another run at its model-images/s. "Sweep" is
-jcnn.sweep's compiled group step (`sweep.program`; dropout rate and seed vary per variant). Windows alternate between the two in one process; each number is the median over windows;
-compile time (first call) is reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
+"Sequential" is the single-model step of the one loop (`jcnn.train.program.single_program`, what `loop.run` calls per
+step: jitted, donated, batch gathered on the device); V models trained one after another run at its model-images/s.
+"Sweep" is jcnn.sweep's compiled group step (`sweep.program`; dropout rate and seed vary per variant). Windows
+alternate between the two in one process; each number is the median over windows; compile time (first call) is
+reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
 """
 import argparse
 import functools

@@ -6,8 +6,8 @@
   python benchmarks/throughput.py --models=convnet:64,convnet:256 --windows=9 --out=throughput.json
   python benchmarks/throughput.py --models=convnet:64,resnet20:128 --dtype=float32,bfloat16,float16   # mixed precision
 
-jcnn runs its real path: the one loop's program step (`jcnn.train.program.single_program`: `make_train_step` inside the per-model
-step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident
+jcnn runs its real path: the one loop's program step (`jcnn.train.program.single_program`: `make_train_step` inside
+the per-model step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident
 arrays, exactly what `loop.run` calls per step); evaluation runs `make_eval_step`. PyTorch runs
 the same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch').
 Both warm up, then windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians
@@ -18,8 +18,8 @@ choice (whole batch, or chunks of 16) is timed too ('other chunk' columns): what
 use forward FLOPs from `jcnn.inspect.summary.flops_per_example` (x3 for training) against a 2048^3 float32 jnp matmul
 measured in the same windows. `--dtype` (config.train.dtype) sets jcnn's compute dtype; more than one (a comma list)
 times each further dtype's train and eval steps in the same windows and reports its rate against the first's.
-The JSON records the machine (`jcnn.parallel.machine.record`: CPU model, vector extensions, cores, caches, matmul GFLOP/s,
-jax/jaxlib) under "machine"; the table's last line names it. The PyTorch twins' parameter counts must equal jcnn's
+The JSON records the machine (`jcnn.parallel.machine.record`: CPU model, vector extensions, cores, caches, matmul
+GFLOP/s, jax/jaxlib) under "machine"; the table's last line names it. The PyTorch twins' parameter counts must equal jcnn's
 (checked here and in tests/test_benchmarks.py).
 """
 from __future__ import annotations

@@ -136,8 +136,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "loss": Field("cross_entropy", choice(*LOSSES), "cross_entropy, or mse of the softmax against one-hot"),
         "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
         "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: on CPU without "
-                                            "BatchNorm the size measured once per machine, jcnn.parallel.machine; else the "
-                                            "whole batch)"),
+                                            "BatchNorm the size measured once per machine, jcnn.parallel.machine; "
+                                            "else the whole batch)"),
         "dtype": Field("float32", choice(*DTYPES), "compute dtype of the forward and backward passes; parameters, "
                                                    "optimizer state, BatchNorm statistics and the loss stay float32; "
                                                    "float16 adds dynamic loss scaling (float32 is fastest on CPU)"),

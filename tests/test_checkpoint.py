@@ -136,6 +136,17 @@ def _ds():
   return data_lib.load(tiny_config().data)
 
 
+def training(proc, workdir: str) -> str:
+  """Waits until the launch.py process `proc` has written its first metrics row (it is in the loop); returns the
+  path of its metrics.jsonl."""
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 120
+  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
+    assert proc.poll() is None, proc.communicate()[1]
+    time.sleep(0.05)
+  return metrics
+
+
 def test_sigterm_from_outside_saves_and_the_same_command_resumes(tmp_path):
   """The real thing: launch.py in a subprocess, SIGTERM from here, one line on stderr, exit 143, then resume."""
   workdir = str(tmp_path / "run")
@@ -143,11 +154,7 @@ def test_sigterm_from_outside_saves_and_the_same_command_resumes(tmp_path):
          "--config.data.synthetic_size=(1024,64)", "--config.train.epochs=1000", "--config.train.log_every=1",
          "--config.train.batch_size=16", f"--workdir={workdir}"]
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 120
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
-    assert proc.poll() is None, proc.communicate()[1]
-    time.sleep(0.05)
+  training(proc, workdir)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
@@ -180,11 +187,7 @@ def test_a_second_run_in_a_held_workdir_is_refused_and_the_first_finishes_as_if_
   workdir = str(tmp_path / "run")
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), *args, f"--workdir={workdir}"]
   first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  deadline = time.time() + 120
-  while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
-    assert first.poll() is None, first.communicate()[1]
-    time.sleep(0.05)
+  metrics = training(first, workdir)
   first.send_signal(signal.SIGSTOP)
   try:
     before = _files(workdir)
@@ -296,8 +299,8 @@ def test_when_no_checkpoint_can_be_read_the_error_says_so(uninterrupted, tmp_pat
   workdir = _finished_copy(uninterrupted, tmp_path)
   for step in ("10", "15"):
     _truncate_largest_file(os.path.join(workdir, "checkpoints", step))
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/10 cannot be read \(.*\): truncated or damaged; no "
-                                                       r"earlier checkpoint can be read either: pass a new --workdir"):
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/10 cannot be read \(.*\): truncated or damaged; "
+                                                       r"no earlier checkpoint can be read either: pass a new --workdir"):
     train_and_evaluate(tiny_config(), workdir)
 
 

@@ -1,19 +1,7 @@
 """Seeing inside a CNN: feature maps of any named layer, first-layer filters, activation maximisation, saliency.
 
 Every function takes the model and live variables ({"params": ..., "batch_stats": ...}); nothing reads global state.
-`python -m jcnn.inspect` (jcnn/inspect/cli.py) draws them as PNG grids:
-
-    python -m jcnn.inspect summary --model=convnet
-    python -m jcnn.inspect kernels --out=docs/inspect
-    python -m jcnn.inspect filters --train_steps=938 --out=docs/inspect       # trains the Keras convnet ~1 epoch
-    python -m jcnn.inspect feature_maps --layer=conv1 --index=0 --out=docs/inspect
-    python -m jcnn.inspect actmax --layer=conv3 --channels=0-15 --out=docs/inspect
-    python -m jcnn.inspect saliency --index=0-7 --out=docs/inspect
-    python -m jcnn.inspect retrieval --k=10 --out=docs/inspect
-    python -m jcnn.inspect gradient_flow --workdir=runs/gradient_flow
-Commands that need a trained model train the Keras convnet briefly (`--train_steps`, RMSprop 1e-3, batch 64; cached
-in `--params_cache`); `--workdir=RUN` takes a trained run's parameters from its newest checkpoint (a sweep's: with
-`--variant=K`, a line of its variants.jsonl).
+`python -m jcnn.inspect` (jcnn/inspect/cli.py) draws them as PNG grids.
 """
 from __future__ import annotations
 

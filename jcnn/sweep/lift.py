@@ -1,19 +1,8 @@
 """Variants that share parameter shapes train in one compiled program: the loop's per-model functions lifted over a
 leading variant axis.
 
-A sweep is `get_sweep()` next to an experiment's `get_config()`:
-  seeds          number of seeds per grid point (seed = config.train.seed + i)
-  dropout_rate, init_scale, activation, learning_rate, weight_decay, l2
-                 tuples of values to try (empty = not swept): the rows of config.SWEEP_AXES. These keep parameter
-                 shapes, so they are traced values: every variant of a group is a slice of one leading axis V on
-                 parameters, optimizer state, BatchNorm statistics and metrics, and one jitted step trains all V.
-  groups         config overrides that change shapes ("model.features=(16, 32, 32)", "model.name='mlp'"): each is a
-                 separate compiled group, crossed with the grid.
-  max_chunk      at most this many variants per program (0 = automatic, see `chunk_size`).
-  strategy       how the V variants run inside the program: auto (per backend) | vmap | map | unroll.
-
-A group's program is the one loop's per-model functions (loop.model_fns) lifted over the variant axis by the
-strategy, and `loop.run` trains it like a single run: same checkpoints, resume, writers and divergence policy (a
+A group's program is the one loop's per-model functions (jcnn.train.program.model_fns) lifted over the variant axis
+by the strategy, and `loop.run` trains it like a single run: same checkpoints, resume, writers and divergence policy (a
 diverged variant is marked failed and keeps its last finite state; the others are unaffected). Variant k computes what
 its standalone run computes (tests/test_sweep.py checks this against a plain reference loop).
 """

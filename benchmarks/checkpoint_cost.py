@@ -25,7 +25,7 @@ import jax  # noqa: E402
 from experiments import ablation_dropout, fashion_convnet  # noqa: E402
 from jcnn import data as data_lib, sweep  # noqa: E402
 from jcnn.parallel import machine  # noqa: E402
-from jcnn.train import checkpoint, loop, program as program_lib, writers  # noqa: E402
+from jcnn.train import checkpoint, program as program_lib, writers  # noqa: E402
 
 
 def folder_bytes(path):

@@ -33,7 +33,7 @@ def measure(axis: str, batch: int, variants: int, windows: int, window_s: float)
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jcnn import config as config_lib, sweep  # pylint: disable=g-import-not-at-top
   from jcnn.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from jcnn.train import loop, program as program_lib  # pylint: disable=g-import-not-at-top
+  from jcnn.train import program as program_lib  # pylint: disable=g-import-not-at-top
   c = config_lib.base_config()
   c.data.name, c.data.synthetic_size = "synthetic", (4096, 256)
   c.train.batch_size = batch

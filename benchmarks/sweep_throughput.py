@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from experiments import fashion_convnet  # noqa: E402
 from jcnn import data as data_lib, sweep  # noqa: E402
 from jcnn.parallel import machine  # noqa: E402
-from jcnn.train import loop, program as program_lib  # noqa: E402
+from jcnn.train import program as program_lib  # noqa: E402
 
 
 def timed(fn, steps):

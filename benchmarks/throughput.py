@@ -7,9 +7,9 @@
   python benchmarks/throughput.py --models=convnet:64,resnet20:128 --dtype=float32,bfloat16,float16   # mixed precision
 
 jcnn runs its real path: the one loop's program step (`jcnn.train.program.single_program`: `make_train_step` inside
-the per-model step with its divergence mask, jitted with the state donated, each batch gathered on the device from device-resident
-arrays, exactly what `loop.run` calls per step); evaluation runs `make_eval_step`. PyTorch runs
-the same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch').
+the per-model step with its divergence mask, jitted with the state donated, each batch gathered on the device from
+device-resident arrays, exactly what `loop.run` calls per step); evaluation runs `make_eval_step`. PyTorch runs the
+same layers, optimizer and batch size, at 1 thread and at the core count (the better one, per window, is 'torch').
 Both warm up, then windows alternate jcnn-train, torch-train, jcnn-eval, torch-eval, matmul; the table shows medians
 over windows and the median of the per-window ratios (the machine is shared and noisy: ratios from one window are
 fair, absolute numbers less so). Compile time is reported apart. jcnn's step runs its batch in chunks
@@ -17,9 +17,9 @@ fair, absolute numbers less so). Compile time is reported apart. jcnn's step run
 choice (whole batch, or chunks of 16) is timed too ('other chunk' columns): what the choice gains. Achieved GFLOP/s
 use forward FLOPs from `jcnn.inspect.summary.flops_per_example` (x3 for training) against a 2048^3 float32 jnp matmul
 measured in the same windows. `--dtype` (config.train.dtype) sets jcnn's compute dtype; more than one (a comma list)
-times each further dtype's train and eval steps in the same windows and reports its rate against the first's.
-The JSON records the machine (`jcnn.parallel.machine.record`: CPU model, vector extensions, cores, caches, matmul
-GFLOP/s, jax/jaxlib) under "machine"; the table's last line names it. The PyTorch twins' parameter counts must equal jcnn's
+times each further dtype's train and eval steps in the same windows and reports its rate against the first's. The JSON
+records the machine (`jcnn.parallel.machine.record`: CPU model, vector extensions, cores, caches, matmul GFLOP/s,
+jax/jaxlib) under "machine"; the table's last line names it. The PyTorch twins' parameter counts must equal jcnn's
 (checked here and in tests/test_benchmarks.py).
 """
 from __future__ import annotations
@@ -39,10 +39,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from jcnn import config as config_lib, data as data_lib, models, train  # noqa: E402
 from jcnn.inspect import summary  # noqa: E402
-from jcnn.parallel import machine  # noqa: E402
-from jcnn.train import loop, program as program_lib, writers# noqa: E402
-from jcnn.experiment import train_and_evaluate  # noqa: E402
-from jcnn.parallel import mesh as mesh_lib  # noqa: E402
+from jcnn.parallel import machine, mesh as mesh_lib  # noqa: E402
+from jcnn.train import program as program_lib, writers  # noqa: E402
 
 CASES = {  # name -> (model config, input shape [H, W, C], optimizer config)
     "convnet": ({"name": "convnet"}, (28, 28, 1), {"name": "rmsprop", "learning_rate": 1e-3}),
@@ -162,7 +160,7 @@ def build_jcnn(name: str, batch: int, images, labels, batches, micro_batch: int 
   mesh = mesh_lib.make(config)   # as train_and_evaluate: the data and program on this machine's mesh
   ds = data_lib.Dataset(name, mesh_lib.put_rows(np.asarray(images), mesh),
                         mesh_lib.put(np.asarray(labels), mesh_lib.replicated(mesh)), None, None, None, None, 10, {})
-  program = program_lib.single_program(config, ds, mesh)        # the step loop.run calls
+  program = program_lib.single_program(config, ds, mesh)   # the step loop.run calls
   model = models.get(config.model, num_classes=10)
   eval_step = train.make_eval_step(model, micro_batch=micro_batch, dtype=dtype)
 

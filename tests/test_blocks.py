@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jcnn.nn import blocks
 from jcnn.inspect.summary import count_params
+from jcnn.nn import blocks
 
 KEY = jax.random.key(0)
 

@@ -18,11 +18,10 @@ import pytest
 from conftest import ROOT
 
 from experiments import ablation_dropout
-from jcnn import sweep
-from jcnn.sweep import lift
-from jcnn.train import checkpoint, loop, program as program_lib, workdir as workdir_lib
-from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn.errors import ConfigError, Diverged, Interrupted
+from jcnn.experiment import run_sweep, train_and_evaluate
+from jcnn.sweep import lift
+from jcnn.train import checkpoint, program as program_lib, workdir as workdir_lib
 
 
 def tiny_config(epochs=3):
@@ -299,7 +298,7 @@ def test_when_no_checkpoint_can_be_read_the_error_says_so(uninterrupted, tmp_pat
   workdir = _finished_copy(uninterrupted, tmp_path)
   for step in ("10", "15"):
     _truncate_largest_file(os.path.join(workdir, "checkpoints", step))
-  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/10 cannot be read \(.*\): truncated or damaged; "
+  with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/10 cannot be read \(.*\): truncated or (damaged|not jcnn's); "
                                                        r"no earlier checkpoint can be read either: pass a new --workdir"):
     train_and_evaluate(tiny_config(), workdir)
 

@@ -6,8 +6,8 @@ import pytest
 
 from experiments import fashion_convnet
 from jcnn import config as config_lib
-from jcnn.nn import layers
 from jcnn.errors import ConfigError
+from jcnn.nn import layers
 
 
 def test_every_field_has_a_default_a_meaning_and_passes_its_own_check():

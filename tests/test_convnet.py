@@ -6,8 +6,8 @@ import pytest
 from conftest import require_torch
 
 from jcnn import models
-from jcnn.inspect import summary
 from jcnn.errors import ConfigError
+from jcnn.inspect import summary
 from jcnn.models.convnet import MLP, ConvNet
 
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcnn.inspect import cli as inspect_cli, gradflow, retrieval, visualize
-from jcnn.nn import kernels, layers
 from jcnn.models.convnet import ConvNet
+from jcnn.nn import kernels, layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, write_idx_dataset
 
 from jcnn import data as data_lib
+from jcnn.data import sources
 
 ABSL_LOG = re.compile(r"^[IWE]\d{4} ")     # absl/glog lines (I1122 20:38:14.123 ...) are not our message
 
@@ -114,7 +115,7 @@ def test_finished_workdir_is_not_overwritten(tmp_path):
 
 
 def _fashion_on_disk() -> bool:
-  return any(data_lib._find(d, data_lib.IDX_FILES["train"][0])  # pylint: disable=protected-access
+  return any(sources._find(d, sources.IDX_FILES["train"][0])  # pylint: disable=protected-access
              for d in data_lib.idx_dirs("fashion_mnist"))
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from jcnn import config as config_lib
 from jcnn import models, train
-from jcnn.inspect import summary
 from jcnn.errors import DataError
+from jcnn.inspect import summary
 
 # (zoo name, field overrides, input shape [no batch], trainable parameters). References: torchvision's model
 # counts (alexnet, vgg*, resnet*, densenet121, googlenet without aux heads = its published 6,624,904), LeCun 1998's

@@ -17,12 +17,12 @@ from jax.extend import core as jax_core
 import launch
 from experiments import ablation_dropout, fashion_convnet
 from jcnn import models, sweep
-from jcnn.nn import layers
-from jcnn.train import checkpoint, loop, program as program_lib
 from jcnn import config as config_lib
 from jcnn import data as data_lib
 from jcnn import train as train_lib
 from jcnn.errors import Diverged
+from jcnn.nn import layers
+from jcnn.train import checkpoint, loop, program as program_lib
 
 STEPS, B, WINDOW = 200, 32, 20
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from jcnn import models
 from jcnn.inspect import summary
-from jcnn.nn import blocks, layers
 from jcnn.models.convnet import ConvNet
+from jcnn.nn import blocks, layers
 
 
 def gradient_support(model, variables, layer, input_shape, pos, n=16):

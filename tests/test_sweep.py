@@ -15,10 +15,11 @@ import pytest
 from experiments import ablation_dropout
 from jcnn import data as data_lib
 from jcnn import models, sweep
+from jcnn import train as train_lib
+from jcnn.errors import ConfigError
+from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn.nn import layers
 from jcnn.train import loop
-from jcnn.experiment import run_sweep, train_and_evaluate
-from jcnn import train as train_lib
 
 
 def tiny_config(epochs=1, **train):
@@ -144,7 +145,7 @@ def test_weight_decay_and_l2_axes_match_reference():
     assert_trees_close(results[k]["params"], state.params)
   assert not np.allclose(results[0]["params"]["head"]["kernel"], results[1]["params"]["head"]["kernel"])
   config.optim.name = "adam"
-  with pytest.raises(sweep.ConfigError, match="adamw"):
+  with pytest.raises(ConfigError, match="adamw"):
     sweep.variants_of(config, s)
 
 
@@ -301,5 +302,5 @@ def test_run_sweep_writes_files_val_metrics_and_applies_groups(tmp_path):
   # One TensorBoard run per variant, named by its hyperparameters.
   assert sorted(os.listdir(tmp_path / "tb")) == sorted(f"group=model.dense=8,dropout_rate={r},seed={k}"
                                                        for r in (0.0, 0.25, 0.5) for k in (0, 1))
-  with pytest.raises(sweep.ConfigError, match="already holds a finished run"):
+  with pytest.raises(ConfigError, match="already holds a finished run"):
     run_sweep(config, s, str(tmp_path))

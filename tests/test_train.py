@@ -14,12 +14,13 @@ from conftest import ROOT
 
 from jcnn import data as data_lib
 from jcnn import train
+from jcnn import config as config_lib
+from jcnn.data import sources
+from jcnn.errors import ConfigError
+from jcnn.experiment import run_sweep, train_and_evaluate
+from jcnn.models.convnet import ConvNet
 from jcnn.nn import blocks, layers
 from jcnn.train import writers
-from jcnn.experiment import run_sweep, train_and_evaluate
-from jcnn import config as config_lib
-from jcnn.errors import ConfigError
-from jcnn.models.convnet import ConvNet
 
 
 class Linear(nn.Module):
@@ -409,7 +410,7 @@ TINY_MODEL = {"densenet_bc100": "densenet_tiny", "vgg11_cifar": "vgg_tiny", "res
 
 def _offline(cfg) -> bool:
   name = cfg.data.name
-  return name == "synthetic" or any(data_lib._find(d, data_lib.IDX_FILES["train"][0])  # pylint: disable=protected-access
+  return name == "synthetic" or any(sources._find(d, sources.IDX_FILES["train"][0])  # pylint: disable=protected-access
                                     for d in data_lib.idx_dirs(name, cfg.data.get("data_dir", "")))
 
 

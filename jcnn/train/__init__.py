@@ -13,10 +13,10 @@ jcnn.experiment.train_and_evaluate, above this package.
 """
 from jcnn.train.optim import learning_rate_of, make_optimizer, set_hyperparam
 from jcnn.train.step import (LOSS_SCALE_PERIOD, MICRO_BATCH_CPU, LossScale, TrainState, eval_epoch, evaluate,
-                             init_state, make_eval_step, make_train_step, micro_batch_size, per_example_loss,
+                             init_state, l2_penalty, make_eval_step, make_train_step, micro_batch_size, per_example_loss,
                              summarize, take, update_loss_scale, zero_metrics)
 
 __all__ = ["learning_rate_of", "make_optimizer", "set_hyperparam", "LOSS_SCALE_PERIOD",
-           "MICRO_BATCH_CPU", "LossScale", "TrainState", "eval_epoch", "evaluate", "init_state", "make_eval_step",
+           "MICRO_BATCH_CPU", "LossScale", "TrainState", "eval_epoch", "evaluate", "init_state", "l2_penalty", "make_eval_step",
            "make_train_step", "micro_batch_size", "per_example_loss", "summarize", "take", "update_loss_scale",
            "zero_metrics"]

@@ -17,7 +17,7 @@ from flax import struct
 
 from jcnn import config as config_lib, data as data_lib, models
 from jcnn.parallel import mesh as mesh_lib
-from jcnn.train import step as step_lib
+from jcnn.train import optim, step as step_lib
 
 
 class RunState(struct.PyTreeNode):
@@ -59,7 +59,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
   n = len(ds.train_y)
   steps_per_epoch = n // tc.batch_size
   data_lib.epoch_batches(jax.random.key(0), n, tc.batch_size)  # checks batch <= N
-  tx = step_lib.make_optimizer(config.optim, steps_per_epoch * tc.epochs)
+  tx = optim.make_optimizer(config.optim, steps_per_epoch * tc.epochs)
   axes = [a for a in config_lib.SWEEP_AXES if a.name in swept]
   sample = ds.train_x[:1]
 
@@ -75,7 +75,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     opt_state = state.opt_state
     for a in axes:
       if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state
-        opt_state = step_lib.set_hyperparam(opt_state, a.field, h[a.name])
+        opt_state = optim.set_hyperparam(opt_state, a.field, h[a.name])
     zero = step_lib.zero_metrics()
     return RunState(train=state.replace(opt_state=opt_state), failed_at=jnp.asarray(-1, jnp.int32), acc=zero,
                     log_acc=zero)

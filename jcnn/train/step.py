@@ -1,4 +1,5 @@
-"""Training pieces: optimizers and losses by name, TrainState, a pure train step and eval step, evaluation.
+"""Training pieces: losses by name, TrainState, a pure train step and eval step, evaluation; the CPU chunk size and
+the probe that measures it per machine. Optimizers by name are jcnn/train/optim.py.
 
 The pieces are plain functions so research code can use them without the launcher:
   state = init_state(model, tx, key, sample_x)

@@ -177,6 +177,33 @@ def _files(folder: str) -> dict:
           for d, _, fs in os.walk(folder) for f in fs}
 
 
+def test_the_workdir_lock_dies_with_its_process(tmp_path):
+  """A process holding a workdir, then killed with SIGKILL (no clean-up runs): the lock is gone with it."""
+  workdir = str(tmp_path / "run")
+  child = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                            "from jcnn.train import workdir; workdir.hold(sys.argv[2]); print('held', flush=True); "
+                            "time.sleep(120)", ROOT, workdir], stdout=subprocess.PIPE, text=True)
+  try:
+    assert child.stdout.readline().strip() == "held"
+    assert workdir_lib.holder(workdir).startswith(f"process {child.pid} on ")
+    with pytest.raises(ConfigError, match=f"--workdir {workdir} is in use by process {child.pid} on "):
+      workdir_lib.hold(workdir)
+  finally:
+    child.kill()
+    child.wait()
+  assert workdir_lib.holder(workdir) is None
+  workdir_lib.hold(workdir).release()
+
+
+def test_a_run_that_cannot_start_leaves_no_folder_behind(tmp_path):
+  workdir = str(tmp_path / "new" / "deeper" / "run")
+  with pytest.raises(RuntimeError, match="cannot start"):
+    with workdir_lib.claim(workdir, tiny_config(), "results.json") as resumed:
+      assert not resumed and os.listdir(workdir) == [workdir_lib.LOCK]
+      raise RuntimeError("cannot start")
+  assert os.listdir(tmp_path) == []                     # the three folders the lock made are gone again
+
+
 @pytest.mark.slow
 def test_a_second_run_in_a_held_workdir_is_refused_and_the_first_finishes_as_if_alone(tmp_path):
   """Two launch.py processes on one --workdir: the second is refused at once, naming the first; the first, frozen

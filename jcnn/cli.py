@@ -27,7 +27,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 
-
 class Exit(Exception):
   """Ends `run` with a status, after printing its line."""
 
@@ -154,12 +153,12 @@ def run(argv, define_flags: Callable[[flags.FlagValues], None], usage: str) -> i
       start_processes(fv)
       if hasattr(module, "main"):         # an experiment that is not a training run (gradient_flow)
         module.main(fv.config, workdir)
-      elif "sweep" in fv:
-        from jcnn import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
-        experiment_lib.run_sweep(fv.config, fv.sweep, workdir)
       else:
         from jcnn import experiment as experiment_lib  # pylint: disable=g-import-not-at-top
-        experiment_lib.train_and_evaluate(fv.config, workdir)
+        if "sweep" in fv:
+          experiment_lib.run_sweep(fv.config, fv.sweep, workdir)
+        else:
+          experiment_lib.train_and_evaluate(fv.config, workdir)
     except UserError as e:
       fail(str(e), e.exit_code)
     except Interrupted as e:

@@ -67,6 +67,18 @@ def shape(v):
   return None if ok else "must be a tuple of positive integers"
 
 
+def size_or_empty(v):
+  return None if (isinstance(v, (tuple, list)) and len(v) == 0) or (shape(v) is None and len(v) == 2) else \
+      "must be () or (height, width) in pixels"
+
+
+def choice_int(*options) -> Check:
+  def check(v):
+    ok = isinstance(v, int) and not isinstance(v, bool) and v in options
+    return None if ok else f"must be one of {', '.join(map(str, options))}"
+  return check
+
+
 def fractions(v):
   """Step-schedule boundaries: fractions of training in (0, 1), increasing."""
   ok = (isinstance(v, (tuple, list)) and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1
@@ -115,8 +127,26 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "init_scale": Field(1.0, real(0, lo_open=True), "multiplies the Glorot-uniform initial weights"),
     },
     "data": {
-        "name": Field("fashion_mnist", text, "fashion_mnist | mnist | cifar10 | imdb_reviews | synthetic"),
-        "data_dir": Field("", text, "extra folder to search for IDX files (also $JCNN_DATA_DIR)"),
+        "name": Field("fashion_mnist", text, "fashion_mnist | mnist | cifar10 | imdb_reviews | synthetic; your own "
+                                             "data: folder | arrays | csv (read data.path) | tfds:NAME (prepared)"),
+        "data_dir": Field("", text, "extra folder to search for IDX files (also $JCNN_DATA_DIR); TFDS's data_dir"),
+        "path": Field("", text, "folder / arrays / csv: an image folder, an .npz (or folder of .npy), a CSV file or "
+                                "folder"),
+        "image_size": Field((), size_or_empty, "folder: resize every image to (H, W), bilinear; () = keep (all one "
+                                               "size)"),
+        "channels": Field(0, choice_int(0, 1, 3), "folder: convert to 1 (grey) or 3 (RGB) channels; 0 = keep (all "
+                                                  "one mode)"),
+        "test_fraction": Field(0.2, real(0, 1, lo_open=True, hi_open=True),
+                               "folder / csv without a test split: the share of each class held out for testing"),
+        "target": Field("label", text, "csv: the target column's name (the other columns are the features)"),
+        "stream": Field("auto", choice("auto", "on", "off"), "read batches from disk with grain (on), keep the data "
+                                                             "on the device (off), or stream when it is large (auto)"),
+        "stream_above_mb": Field(2048, integer(0), "auto streams when the decoded training split exceeds this many "
+                                                   "MiB (float32)"),
+        "workers": Field(-1, integer(-1, 64), "streaming: worker processes that read and decode (0 = threads of this "
+                                              "process; -1 = auto: half the cores for image files, 0 for arrays)"),
+        "order_seed": Field(-1, integer(-1), "the epoch order's seed (-1 = train.seed); a sweep whose variants share "
+                                             "it reads each streamed batch once"),
         "preprocess": Field("scale", choice(*PREPROCESS), "pixels / 255, then per-channel statistics of the "
                                                           "training split: standardize, minmax, center, or none"),
         "val_size": Field(0, integer(0), "examples held out of the training split for validation"),

@@ -24,15 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcnn.data.sources import CLASS_NAMES
 from jcnn.errors import UserError
 
-CLASS_NAMES = {
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                      "Ankle boot"),
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    "mnist": tuple(str(d) for d in range(10)),
-    "imdb_reviews": ("negative", "positive"),
-}
 
 
 class ExportError(UserError):
@@ -104,7 +98,7 @@ def load(workdir: str, variant: int | dict | None = None) -> Predictor:
   config, data = trained["config"], trained["meta"]["data"]
   return predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
                    input_shape=data["input_shape"], input_dtype=data["input_dtype"],
-                   class_names=CLASS_NAMES.get(config.data.name, ()))
+                   class_names=data.get("classes") or CLASS_NAMES.get(config.data.name, ()))
 
 
 # ----------------------------------------------------------------------------------------------------------------

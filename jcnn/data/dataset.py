@@ -1,7 +1,8 @@
-"""A Dataset: the splits of one configured dataset, preprocessed, on the device.
+"""A Dataset: the splits of one configured dataset, preprocessed, on the device or streamed.
 
-`load(config.data)` = a source (jcnn.data.sources) -> the validation hold-out and limits -> preprocessing
-(jcnn.data.preprocess, statistics from the training split only) -> arrays put on the device once.
+`load(config.data)` = a source (`open_source`: built-in, folder, arrays, csv, tfds:NAME) -> the validation hold-out
+and limits as row numbers -> preprocessing statistics from the training split only (one pass) -> each split either
+decoded whole and put on the device once, or kept as Rows (jcnn.data.rows) that a streamed run reads batch by batch.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import jax
 import numpy as np
 
 from jcnn.config import with_defaults
-from jcnn.data import sources
-from jcnn.data.preprocess import preprocess, tokenize
+from jcnn.data import arrays, folder, preprocess, sources, tables
+from jcnn.data.preprocess import tokenize
+from jcnn.data.rows import Rows
 from jcnn.errors import DataError
 
 
@@ -29,6 +31,8 @@ class Dataset:
   val_y: jax.Array | None
   num_classes: int
   stats: dict  # preprocessing statistics (from the training split only), for the record and for inference
+  classes: tuple = ()      # class names (a folder's sub-folders), for predict
+  streamed: bool = False   # True: the x fields are jcnn.data.rows.Rows on the host, read batch by batch (grain)
 
   @property
   def image_shape(self) -> tuple[int, ...]:
@@ -66,33 +70,86 @@ def load_text(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_
                  {"method": "tokens", "max_len": max_len, "vocab_size": vocab_size})
 
 
-def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> Dataset:
-  """config.data (missing fields take jcnn/config.py's defaults) -> Dataset on the device. `put` places each host
-  array (jcnn.parallel.mesh.load passes one that keeps numpy arrays, to shard them over a mesh)."""
-  cfg = with_defaults("data", cfg)
-  if cfg["name"] in sources.TEXT_DATASETS or cfg["name"] == "synthetic_text":
-    return load_text(cfg, seed, put)
-  trx, try_, tex, tey, num_classes = sources.load_raw(cfg["name"], cfg["data_dir"],
-                                                       cfg["synthetic_shape"], cfg["synthetic_size"])
+def open_source(cfg: Mapping[str, Any]):
+  """config.data -> ({'train' | 'test' [| 'val']: (images [N, H, W, C] random access, labels [N] int32)},
+  num_classes, class names). One dispatch on data.name; nothing is decoded yet."""
+  name, path = cfg["name"], cfg["path"]
+  if name in ("folder", "arrays", "csv") and not path:
+    raise DataError(f"config.data.name={name} reads config.data.path: set --config.data.path=...")
+  if name == "folder":
+    splits, classes = folder.open_folder(path, tuple(cfg["image_size"]), cfg["channels"], cfg["test_fraction"])
+    return splits, len(classes), tuple(classes)
+  if name == "arrays":
+    splits, num_classes = arrays.open_arrays(path)
+    return splits, num_classes, ()
+  if name == "csv":
+    splits, num_classes, _ = tables.open_table(path, cfg["target"], cfg["test_fraction"])
+    return splits, num_classes, ()
+  if name.startswith("tfds:"):
+    from jcnn.data import tfds_source  # pylint: disable=g-import-not-at-top  (imports tensorflow_datasets)
+    return tfds_source.open_prepared(name[len("tfds:"):], cfg["data_dir"])
+  trx, try_, tex, tey, num_classes = sources.load_raw(name, cfg["data_dir"], cfg["synthetic_shape"],
+                                                       cfg["synthetic_size"])
   if trx.ndim == 3:
     trx, tex = trx[..., None], tex[..., None]
-  pad = int(cfg["pad"])
-  if pad:  # zero-pad every side, e.g. 28x28 -> 32x32 for LeNet-5's input
-    trx, tex = (np.pad(a, [(0, 0), (pad, pad), (pad, pad), (0, 0)]) for a in (trx, tex))
+  return {"train": (trx, try_), "test": (tex, tey)}, num_classes, sources.CLASS_NAMES.get(name, ())
+
+
+def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> Dataset:
+  """config.data (missing fields take jcnn/config.py's defaults) -> Dataset: on the device, or as Rows to stream
+  (data.stream). `put` places each host array (jcnn.parallel.mesh.load passes one that keeps numpy arrays, to shard
+  them over a mesh)."""
+  cfg = with_defaults("data", cfg)
+  if cfg["name"] in sources.TEXT_DATASETS or cfg["name"] == "synthetic_text":
+    if cfg["stream"] == "on":
+      raise DataError(f"config.data.stream=on: {cfg['name']} is tokenised in memory and cannot stream; set "
+                      f"config.data.stream=off (or auto)")
+    return load_text(cfg, seed, put)
+  splits, num_classes, classes = open_source(cfg)
+  (trx, try_), (tex, tey) = splits["train"], splits["test"]
+  train, test = np.arange(len(trx)), np.arange(len(tex))
   val_size = int(cfg["val_size"])
-  vax = vay = None
-  if val_size:
+  vax = vay = val = None
+  if "val" in splits:
+    if val_size:
+      raise DataError(f"config.data.val_size={val_size}: {cfg['path']} has its own validation split; set "
+                      f"config.data.val_size=0")
+    vax, vay = splits["val"]
+    val = np.arange(len(vax))
+  elif val_size:
     if not 0 < val_size < len(trx):
       raise DataError(f"config.data.val_size={val_size} must be between 0 and the {len(trx)} training images")
     perm = np.random.default_rng(seed).permutation(len(trx))
-    vax, vay = trx[perm[:val_size]], try_[perm[:val_size]]
-    trx, try_ = trx[perm[val_size:]], try_[perm[val_size:]]
+    vax, vay, val, train = trx, try_, perm[:val_size], perm[val_size:]
   if cfg["train_limit"]:
-    trx, try_ = trx[:cfg["train_limit"]], try_[:cfg["train_limit"]]
+    train = train[:cfg["train_limit"]]
   if cfg["test_limit"]:
-    tex, tey = tex[:cfg["test_limit"]], tey[:cfg["test_limit"]]
-  others = [tex] + ([vax] if vax is not None else [])
-  trx, others, stats = preprocess(trx, others, cfg["preprocess"])
-  return Dataset(cfg["name"], put(trx), put(try_), put(others[0]), put(tey),
-                 put(others[1]) if vax is not None else None, put(vay) if vay is not None else None,
-                 num_classes, stats)
+    test = test[:cfg["test_limit"]]
+  pad = int(cfg["pad"])   # zero-pad every side, e.g. 28x28 -> 32x32 for LeNet-5's input
+  rows = {"train": Rows(trx, train, pad), "test": Rows(tex, test, pad)}
+  labels = {"train": try_[train], "test": tey[test]}
+  if val is not None:
+    rows["val"], labels["val"] = Rows(vax, val, pad), vay[val]
+  for s, y in labels.items():
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+      bad = int(np.flatnonzero((y < 0) | (y >= num_classes))[0])
+      raise DataError(f"{s} label {y[bad]} is outside 0..{num_classes - 1}; give labels 0, 1, ... below the number "
+                      f"of classes")
+  stats = preprocess.fit(rows["train"].chunks(), cfg["preprocess"], rows["train"].dtype)
+  rows = {s: r.with_stats(stats) for s, r in rows.items()}
+  stream = streams(cfg, rows["train"])
+  place = (lambda r: r) if stream else (lambda r: put(r.materialize()))
+  return Dataset(cfg["name"], place(rows["train"]), put(labels["train"]), place(rows["test"]), put(labels["test"]),
+                 place(rows["val"]) if "val" in rows else None, put(labels["val"]) if "val" in labels else None,
+                 num_classes, stats, classes=tuple(classes), streamed=stream)
+
+
+def streams(cfg: Mapping[str, Any], train: Rows) -> bool:
+  """data.stream: 'on', 'off', or 'auto' = stream when the decoded training split exceeds data.stream_above_mb."""
+  if cfg["stream"] == "auto":
+    stream = train.nbytes > cfg["stream_above_mb"] * 2**20
+    if stream:
+      print(f"streaming the training split: {train.nbytes / 2**20:.0f} MiB decoded > config.data.stream_above_mb="
+            f"{cfg['stream_above_mb']}", flush=True)
+    return stream
+  return cfg["stream"] == "on"

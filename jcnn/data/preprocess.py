@@ -1,8 +1,10 @@
-"""Preprocessing on the host, once: image scaling and normalisation with statistics from the training split only
-(after the validation hold-out), and text tokenisation with the training split's vocabulary."""
+"""Preprocessing with statistics from the training split only (after the validation hold-out): `fit` reads the
+training examples once, in chunks (so a split larger than memory streams through it), and `apply` maps any batch of
+examples with those statistics. Applied per example, so an in-memory split and a streamed one get the same bits.
+Text tokenisation with the training split's vocabulary lives here too."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -10,27 +12,45 @@ from jcnn.config import PREPROCESS
 from jcnn.errors import DataError
 
 
-def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
-  """Returns (train, others, stats): float32 arrays in [0, 1]-scale then `method`, per channel."""
+def fit(chunks: Iterable[np.ndarray], method: str, dtype) -> dict[str, Any]:
+  """Training-split statistics for `method`, per channel, from chunks of raw examples [n, ..., C] (as stored: uint8
+  images are first scaled by 1/255). One pass: float64 sums, sums of squares, minima and maxima."""
   if method not in PREPROCESS:
     raise DataError(f"unknown preprocessing {method!r}: set config.data.preprocess to one of {', '.join(PREPROCESS)}")
-  scale = 255.0 if train.dtype == np.uint8 else 1.0
-  train = train.astype(np.float32) / scale
-  others = [o.astype(np.float32) / scale for o in others]
-  axes = tuple(range(train.ndim - 1))  # every axis but channels
+  scale = 255.0 if np.dtype(dtype) == np.uint8 else 1.0
   stats: dict[str, Any] = {"method": method, "scale": scale}
   if method in ("scale", "none"):
-    return train, others, stats
-  mean = train.mean(axes, dtype=np.float64).astype(np.float32)
+    return stats
+  n, s, ss, lo, hi = 0, 0.0, 0.0, np.inf, -np.inf
+  for c in chunks:
+    c = c.astype(np.float32) / np.float32(scale)
+    flat = c.reshape(-1, c.shape[-1]).astype(np.float64)   # [n * H * W, C]
+    n, s, ss = n + len(flat), s + flat.sum(0), ss + (flat * flat).sum(0)
+    lo, hi = np.minimum(lo, flat.min(0)), np.maximum(hi, flat.max(0))
+  mean = s / max(n, 1)
   if method == "center":
     shift, div = mean, np.ones_like(mean)
   elif method == "standardize":
-    shift, div = mean, np.maximum(train.std(axes, dtype=np.float64).astype(np.float32), 1e-6)
+    shift, div = mean, np.maximum(np.sqrt(np.maximum(ss / max(n, 1) - mean * mean, 0.0)), 1e-6)
   else:  # minmax
-    lo, hi = train.min(axes), train.max(axes)
     shift, div = lo, np.maximum(hi - lo, 1e-6)
-  stats.update(shift=shift.tolist(), div=div.tolist())
-  return (train - shift) / div, [(o - shift) / div for o in others], stats
+  stats.update(shift=shift.astype(np.float32).tolist(), div=div.astype(np.float32).tolist())
+  return stats
+
+
+def apply(x: np.ndarray, stats: dict) -> np.ndarray:
+  """Examples as stored -> float32: x / scale, then (x - shift) / div per channel when the method has statistics.
+  Elementwise, so a batch gets the same values whether it is mapped alone or inside its whole split."""
+  out = x.astype(np.float32) / np.float32(stats["scale"])
+  if "shift" in stats:
+    out = (out - np.asarray(stats["shift"], np.float32)) / np.asarray(stats["div"], np.float32)
+  return out
+
+
+def preprocess(train: np.ndarray, others: list[np.ndarray], method: str):
+  """Whole arrays: (train, others, stats), every array mapped with the training split's statistics."""
+  stats = fit([train[i:i + 4096] for i in range(0, len(train), 4096)], method, train.dtype)
+  return apply(train, stats), [apply(o, stats) for o in others], stats
 
 
 def tokenize(texts, max_len: int = 400, vocab_size: int = 20000, vocab: dict | None = None):

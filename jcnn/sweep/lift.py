@@ -9,7 +9,7 @@ its standalone run computes (tests/test_sweep.py checks this against a plain ref
 from __future__ import annotations
 
 import os
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ class GroupFns(NamedTuple):
   step: Callable
   evaluate: Callable
   batches: Callable
+  config: Any = None   # the group's config (its data and evaluation settings, for the program's feeds)
 
 
 def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy: str = "auto",
@@ -86,7 +87,7 @@ def make_group_fns(config, ds: data_lib.Dataset, swept: Sequence[str], strategy:
                                       (batches, (0,), 2)))
   out = {} if mesh is None else {"out_shardings": mesh_lib.by_variant(mesh)}
   return GroupFns(jax.jit(init, **out), jax.jit(step, donate_argnums=0, **out), jax.jit(evaluate, **out),
-                  jax.jit(batches, **out))
+                  jax.jit(batches, **out), config)
 
 
 def per_device(f: Callable, mesh, variant_args: Sequence[int], n_args: int) -> Callable:
@@ -111,9 +112,12 @@ def program(fns: GroupFns, ds: data_lib.Dataset, variants: Sequence[dict], mesh=
   hp = config_lib.variant_arrays(padded(variants, pad_to))
   if mesh is not None:
     hp = {k: mesh_lib.put(v, mesh_lib.by_variant(mesh)) for k, v in hp.items()}
-  return program_lib.Program(init=lambda: fns.init(hp), step=lambda rs, b: fns.step(rs, hp, ds.train_x, ds.train_y, b),
-                      evaluate=lambda st, *a: fns.evaluate(st, hp, *a), batches=lambda e: fns.batches(hp, e),
-                      variants=list(variants), mesh=mesh)
+  step = ((lambda rs, item: fns.step(rs, hp, *item)) if ds.streamed else
+          (lambda rs, b: fns.step(rs, hp, ds.train_x, ds.train_y, b)))
+  return program_lib.with_feeds(
+      program_lib.Program(init=lambda: fns.init(hp), step=step, evaluate=lambda st, *a: fns.evaluate(st, hp, *a),
+                          batches=lambda e: fns.batches(hp, e), variants=list(variants), mesh=mesh),
+      fns.config, ds, V=len(hp["seed"]))
 
 
 def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None = None,

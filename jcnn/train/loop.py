@@ -77,12 +77,6 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
   V = None if program.variants is None else len(program.variants)
   writer = writer or writers.Writer(None)
-  on_mesh = (lambda a: jnp.asarray(a)) if program.mesh is None else (
-      lambda a: mesh_lib.put(a, mesh_lib.replicated(program.mesh)))
-  eval_sets = {split: (x, y, *(on_mesh(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size,
-                                                                         mesh_lib.axis(program.mesh, "data"))))
-               for split, (x, y) in {"val": (ds.val_x, ds.val_y), "test": (ds.test_x, ds.test_y)}.items()
-               if x is not None}   # fixed-size batch indices, on the device once for the whole run
   several = jax.process_count() > 1
   throttle = program.mesh is not None and program.mesh.devices.size > 1 and program.mesh.devices.flat[0].platform == "cpu"
   t_start = time.perf_counter()
@@ -99,7 +93,8 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   writer.start(step)   # metrics.jsonl and TensorBoard keep the rows up to the restored step
 
   data_info = {"num_classes": ds.num_classes, "input_shape": list(ds.image_shape), "input_dtype": str(ds.train_x.dtype),
-               "preprocess": ds.stats}   # what inference needs: the model's input and the training split's statistics
+               "preprocess": ds.stats, "classes": list(ds.classes)}
+  # ^ what inference needs: the model's input, the training split's statistics, the class names
 
   def save():
     if ckpt is not None:
@@ -111,15 +106,15 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   compile_s = None
   with stop_signals() as stop:
     for epoch in range(step // steps_per_epoch + 1, epochs + 1):
-      batches = program.batches(epoch)                 # [steps, B] or [V, steps, B]
       first = step - (epoch - 1) * steps_per_epoch     # > 0 when resuming inside this epoch
+      feed = iter(program.feed(epoch, first))          # the epoch's order from step `first`: indices or batches
       if first == 0:   # zeros where the sums live (on the mesh: the same sharding)
         rs = rs.replace(acc=jax.tree.map(jnp.zeros_like, rs.acc), log_acc=jax.tree.map(jnp.zeros_like, rs.acc))
       progress = writers.Progress(steps_per_epoch, f"epoch {epoch}/{epochs}" + (f" ({V} variants)" if V else ""),
                                   done=first)
       t_epoch = time.perf_counter()
       for i in range(first, steps_per_epoch):
-        rs = program.step(rs, batches)
+        rs = program.step(rs, next(feed))
         step += 1
         if throttle and step % IN_FLIGHT == 0:
           jax.block_until_ready(rs.acc)
@@ -147,8 +142,10 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
 
       train_m = _means(rs.acc, V)
       row = {"epoch": epoch, "step": step, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"]}
-      for split, args in eval_sets.items():
-        m = _means(program.evaluate(rs.train, *args), V)
+      for split in ("val", "test"):
+        if getattr(ds, f"{split}_x") is None:
+          continue
+        m = _means(evaluate(program, rs.train, split), V)
         row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
       if V is not None:
         row["failed_at"] = mesh_lib.host(rs.failed_at)[:V].tolist()
@@ -159,12 +156,21 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       save()
 
   if not history:  # epochs = 0: evaluate the initial model
-    m = _means(program.evaluate(rs.train, *eval_sets["test"]))
+    m = _means(evaluate(program, rs.train, "test"))
     history.append({"epoch": 0, "step": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
   if ckpt is not None:
     ckpt.wait()
   return {"state": rs.train, "failed_at": mesh_lib.host(rs.failed_at), "history": history,
           "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start}
+
+
+def evaluate(program: Program, state, split: str) -> dict:
+  """Metric sums over one split: evaluate's sums over each item of the program's eval feed, added in order."""
+  sums = None
+  for args in program.eval_feed(split):
+    part = program.evaluate(state, *args)
+    sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+  return sums
 
 
 def _check_diverged(rs: RunState, V, ckpt):

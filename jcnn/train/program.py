@@ -9,13 +9,17 @@ evaluate, batches. jcnn.sweep lifts the same `model_fns` over a variant axis int
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+import itertools
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jcnn import config as config_lib, data as data_lib, models
+from jcnn.data import stream
+from jcnn.errors import DataError
 from jcnn.parallel import mesh as mesh_lib
 from jcnn.train import optim, step as step_lib
 
@@ -38,13 +42,21 @@ class ModelFns(NamedTuple):
 
 
 class Program(NamedTuple):
-  """Functions the loop calls, with the hyperparameters and data bound. `variants` is None for a single run."""
+  """Functions the loop calls, with the hyperparameters and data bound. `variants` is None for a single run.
+
+  The data seam: `feed(epoch, first)` yields one argument per step of the epoch from step `first` on, for
+  `step(rs, item)`; `eval_feed(split)` yields argument tuples for `evaluate`, whose sums the loop adds. In memory, a
+  step's item is the epoch's index array (the step gathers its rows on the device) and a split is one tuple; streamed
+  (jcnn.data.stream), a step's item is its batch (x, y, idx) read from disk in the same order, and a split comes in
+  batches."""
   init: Callable[[], RunState]
-  step: Callable[[RunState, jax.Array], RunState]         # (rs, epoch batches) -> rs
+  step: Callable[[RunState, Any], RunState]               # (rs, feed item) -> rs
   evaluate: Callable[..., dict]                           # (train_state, x, y, idx, mask) -> sums
-  batches: Callable[[int], jax.Array]                     # epoch -> batches
+  batches: Callable[[int], jax.Array]                     # epoch -> the epoch's order [steps, B] ([V, steps, B])
   variants: Sequence[dict] | None = None
   mesh: Any = None                                        # the jax.sharding.Mesh it runs on (None: default device)
+  feed: Callable[[int, int], Iterable] | None = None      # (epoch, first step) -> an item per step
+  eval_feed: Callable[[str], Iterable] | None = None      # 'val' | 'test' -> evaluate's arguments, batch by batch
 
 
 def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None) -> ModelFns:
@@ -69,6 +81,8 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
 
   def keys_for(h):
     return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
+
+  order_seed = config.data.order_seed   # >= 0: every variant's epochs come in the same order
 
   def init(h):
     state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype)
@@ -106,7 +120,8 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
                                 mask)
 
   def batches(h, epoch):
-    return data_lib.epoch_batches(jax.random.fold_in(keys_for(h)[1], epoch), n, tc.batch_size)
+    k_data = keys_for(h if order_seed < 0 else {"seed": order_seed})[1]
+    return data_lib.epoch_batches(jax.random.fold_in(k_data, epoch), n, tc.batch_size)
 
   return ModelFns(init, step, evaluate, batches)
 
@@ -124,5 +139,56 @@ def single_program(config, ds: data_lib.Dataset, mesh=None) -> Program:
                  **out)
   evaluate = jax.jit(fns.evaluate, **out)
   batches = jax.jit(fns.batches, **out)
-  return Program(init=lambda: init(h), step=lambda rs, b: step(rs, h, ds.train_x, ds.train_y, b),
-                 evaluate=lambda st, *a: evaluate(st, h, *a), batches=lambda e: batches(h, e), mesh=mesh)
+  program = Program(init=lambda: init(h), step=lambda rs, b: step(rs, h, ds.train_x, ds.train_y, b),
+                    evaluate=lambda st, *a: evaluate(st, h, *a), batches=lambda e: batches(h, e), mesh=mesh)
+  if ds.streamed:
+    program = program._replace(step=lambda rs, item: step(rs, h, *item))
+  return with_feeds(program, config, ds)
+
+
+def with_feeds(program: Program, config, ds: data_lib.Dataset, V: int | None = None) -> Program:
+  """`program` with its data seam: in memory (indices; the step gathers on the device) or streamed (batches read in
+  the same order). A streamed sweep reads [V * B] rows per step (each variant its own order), or [B] once when
+  data.order_seed gives every variant the same order."""
+  place = (lambda a: jnp.asarray(a)) if program.mesh is None else (
+      lambda a: mesh_lib.put(a, mesh_lib.replicated(program.mesh)))
+  tc = config.train
+  multiple = mesh_lib.axis(program.mesh, "data")
+  splits = {s: (getattr(ds, f"{s}_x"), getattr(ds, f"{s}_y")) for s in ("val", "test")
+            if getattr(ds, f"{s}_x") is not None}
+
+  if not ds.streamed:
+    eval_args = {s: (x, y, *(place(a) for a in data_lib.eval_batches(len(y), tc.eval_batch_size, multiple)))
+                 for s, (x, y) in splits.items()}   # fixed-size batch indices, on the device once for the whole run
+    return program._replace(feed=lambda epoch, first: itertools.repeat(program.batches(epoch)),
+                            eval_feed=lambda s: [eval_args[s]])
+
+  if jax.process_count() > 1:
+    raise DataError("config.data.stream: streaming runs in one process for now; set config.data.stream=off "
+                             "(the data is then split over the processes' devices)")
+  workers = config.data.workers
+  shared = V is not None and config.data.order_seed >= 0
+  labels = {s: np.asarray(y) for s, (_, y) in splits.items()} | {"train": np.asarray(ds.train_y)}
+  B = tc.batch_size
+  if V is None:
+    idx = place(np.arange(B, dtype=np.int32)[None])                               # [1, B]: the batch itself
+  elif shared:
+    idx = place(np.broadcast_to(np.arange(B, dtype=np.int32), (V, 1, B)).copy())  # [V, 1, B]: all read one batch
+  else:
+    idx = place(np.arange(V * B, dtype=np.int32).reshape(V, 1, B))                # [V, 1, B]: variant v's rows
+
+  def feed(epoch, first):
+    order = np.asarray(mesh_lib.host(program.batches(epoch)))     # [steps, B] or [V, steps, B]: as in memory
+    if V is not None:
+      order = order[0] if shared else np.moveaxis(order, 1, 0)    # [steps, B] or [steps, V, B]
+    for x, y in stream.batches(ds.train_x, labels["train"], order[first:], workers):
+      yield place(x), place(y), idx
+
+  def eval_feed(s):
+    x, y = splits[s]
+    bidx, mask = data_lib.eval_batches(len(y), tc.eval_batch_size, multiple)
+    one = place(np.arange(bidx.shape[1], dtype=np.int32)[None])
+    for (xb, yb), m in zip(stream.batches(x, labels[s], bidx, workers), mask):
+      yield place(xb), place(yb), one, place(m[None])
+
+  return program._replace(feed=feed, eval_feed=eval_feed)

@@ -1,0 +1,78 @@
+"""Streaming with grain: batches fetched from a split's rows in a given order, in worker threads or processes.
+
+    for x, y in stream.batches(rows, labels, order, workers=2):   # order [steps, B] or [steps, V, B] row numbers
+      ...                                                          # x [B, ...] ([V * B, ...]) float32, y int32
+
+The order is the one the in-memory run gathers on the device (jcnn.data.batches.epoch_batches), so a streamed run
+reads the same examples in the same order, preprocessed by the same `Rows.__getitem__`. A batch is one grain element:
+`MapDataset.source(order).map(fetch)` reads its rows (decoding image files in `workers` processes when > 0, else in
+`threads` threads of this process) and prefetches a few batches ahead. Evaluation streams through the same function
+with the evaluation batches' indices.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from jcnn.errors import DataError
+
+PREFETCH = 4   # batches read ahead (per worker process, or by the threads)
+
+
+class Fetch:
+  """order row [B] (or [V, B]) -> (x [B * V, ...] preprocessed, y [B * V] int32). Picklable for worker processes."""
+
+  def __init__(self, rows, labels: np.ndarray):
+    self.rows, self.labels = rows, np.asarray(labels)
+
+  def __call__(self, idx: np.ndarray):
+    flat = np.asarray(idx).reshape(-1)
+    return self.rows[flat], self.labels[flat]
+
+
+def default_workers(rows) -> int:
+  """Worker processes for a source: image files decode in processes (half the cores this process may use, at most
+  8); arrays in memory or memory-mapped are read by threads (a read is a copy: processes would only add pickling)."""
+  from jcnn.data.folder import FolderImages  # pylint: disable=g-import-not-at-top
+  if not isinstance(getattr(rows, "source", None), FolderImages) and not hasattr(getattr(rows, "source", None),
+                                                                                  "decode"):
+    return 0
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return max(1, min(8, cores // 2))
+
+
+def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1, threads: int = 2) -> Iterator:
+  """(x, y) numpy batches of `rows` in `order` ([steps, ...] row numbers; one batch per leading entry)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  if len(order) == 0:
+    return iter(())
+  workers = default_workers(rows) if workers < 0 else workers
+  ds = grain.MapDataset.source(np.asarray(order)).map(Fetch(rows, labels))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH))
+  if workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=PREFETCH))
+  return _checked(iter(it))
+
+
+def _checked(it) -> Iterator:
+  """grain's iterator, with a worker's failure as one DataError line (the run then stops like any bad input)."""
+  while True:
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    except DataError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (a worker process killed, or its error re-raised here)
+      cause = e
+      while cause.__cause__ is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__
+      if isinstance(cause, DataError):
+        raise DataError(str(cause)) from None
+      msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      raise DataError(f"a data-loading worker failed ({type(e).__name__}: {msg}); the last checkpoint is kept: run "
+                      f"the same command again to resume, or set config.data.workers=0 to read in this process"
+                      ) from None
+    yield item

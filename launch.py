@@ -2,7 +2,7 @@
                                          [--workdir=DIR] | --list
                        python launch.py ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
                        srun python launch.py ... --distributed          (SLURM / Open MPI find the processes)
-                       python launch.py --mode=predict --workdir=DIR --images=a.png,b.png [--top_k=3] [--variant=K]
+                       python launch.py --mode=predict --workdir=DIR --images=a.png,DIR [--top_k=3] [--variant=K]
                        python launch.py --mode=export --workdir=DIR [--format=onnx] [--variant=K]
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
@@ -34,7 +34,8 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_bool("list", False, "list the experiments with their descriptions", flag_values=fv)
   flags.DEFINE_enum("mode", "train", ["train", "predict", "export"], "train (default), predict (top-k classes of "
                     "image files with a trained run's model) or export (the model as an ONNX file)", flag_values=fv)
-  flags.DEFINE_list("images", [], "--mode=predict: image files (PNG, JPEG), comma-separated", flag_values=fv)
+  flags.DEFINE_list("images", [], "--mode=predict: image files (PNG, JPEG) or folders of them, comma-separated",
+                    flag_values=fv)
   flags.DEFINE_integer("top_k", 3, "--mode=predict: classes shown per image", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("variant", None, "--mode=predict/export on a sweep: the variant (a line of variants.jsonl, "
                        "from 0)", lower_bound=0, flag_values=fv)

@@ -42,6 +42,7 @@ class Predictor(NamedTuple):
   raw_shape: tuple                      # one example as the dataset holds it (before padding)
   input_dtype: str                      # 'float32', or an integer type for token ids
   class_names: tuple
+  image_size: tuple = ()                # a folder run's data.image_size: image files are resized as in training
 
 
 def predictor(model, variables, *, preprocess: dict | None = None, pad: int = 0, input_shape: Sequence[int],
@@ -96,9 +97,10 @@ def load(workdir: str, variant: int | dict | None = None) -> Predictor:
   from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top
   trained = checkpoint.load_trained(workdir, _variant_index(workdir, variant))
   config, data = trained["config"], trained["meta"]["data"]
-  return predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
-                   input_shape=data["input_shape"], input_dtype=data["input_dtype"],
-                   class_names=data.get("classes") or CLASS_NAMES.get(config.data.name, ()))
+  p = predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
+                input_shape=data["input_shape"], input_dtype=data["input_dtype"],
+                class_names=data.get("classes") or CLASS_NAMES.get(config.data.name, ()))
+  return p._replace(image_size=tuple(getattr(config.data, "image_size", ())))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,12 +139,42 @@ def read_image(path: str, shape: Sequence[int]) -> np.ndarray:
   return x[..., None] if x.ndim == 2 else x
 
 
+def image_files(entries: Sequence[str]) -> list[str]:
+  """Files as given, and every image file under each folder given (sorted; PNG, JPEG, BMP, WebP)."""
+  from jcnn.data.folder import EXTENSIONS  # pylint: disable=g-import-not-at-top
+  out = []
+  for e in entries:
+    if not os.path.isdir(e):
+      out.append(e)
+      continue
+    found = sorted(os.path.join(d, f) for d, _, files in os.walk(e) for f in files
+                   if f.lower().endswith(EXTENSIONS) and not f.startswith("."))
+    if not found:
+      raise ExportError(f"{e} holds no image files ({', '.join(EXTENSIONS)}); pass a folder of images or files")
+    out += found
+  return out
+
+
+def read_images(p: Predictor, paths: Sequence[str]) -> np.ndarray:
+  """Image files -> uint8 [B, H, W, C] as the model takes them: resized and converted as in training for a folder
+  run with data.image_size (jcnn.data.folder's decoding), else read strictly by `read_image`."""
+  if p.image_size:
+    from jcnn.data import folder  # pylint: disable=g-import-not-at-top
+    from jcnn.errors import DataError  # pylint: disable=g-import-not-at-top
+    try:
+      return folder.FolderImages(paths, p.image_size, p.raw_shape[-1], check=False)[np.arange(len(paths))]
+    except DataError as e:
+      raise ExportError(str(e)) from None
+  return np.stack([read_image(path, p.raw_shape) for path in paths])
+
+
 def predict_files(p: Predictor, paths: Sequence[str], top_k: int = 3) -> list[dict]:
-  """Top-k classes with names and probabilities per image file."""
+  """Top-k classes with names and probabilities per image file (a folder: every image under it)."""
   if np.issubdtype(np.dtype(p.input_dtype), np.integer):
     raise ExportError("this model takes token ids, not images; use export.load(...).predict on token arrays")
-  images = np.stack([read_image(path, p.raw_shape) for path in paths])      # [B, H, W, C] uint8
-  probs = np.asarray(p.predict(images))
+  paths = image_files(paths)
+  probs = np.concatenate([np.asarray(p.predict(read_images(p, paths[i:i + 256])))   # [B, classes], 256 files at
+                          for i in range(0, len(paths), 256)])                      # a time: a folder of any size
   k = max(1, min(top_k, probs.shape[-1]))
   out = []
   for path, row in zip(paths, probs):

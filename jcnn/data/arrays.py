@@ -98,7 +98,7 @@ def open_arrays(path: str):
     x, y = found[f"x_{s}"], np.asarray(found[f"y_{s}"][:])
     if isinstance(x, np.ndarray) and x.ndim == 3:
       x = x[..., None]
-    if x.ndim != 4 and len(x.shape) != 4:
+    if len(x.shape) != 4:
       raise DataError(f"{path}: x_{s} has shape {tuple(x.shape)}; images must be [N, H, W] or [N, H, W, C]")
     if y.ndim != 1 or len(y) != len(x):
       raise DataError(f"{path}: x_{s} has {len(x)} rows but y_{s} has shape {tuple(y.shape)}; give one label per "

@@ -49,6 +49,7 @@ def scan(root: str, what: str = "") -> tuple[list[str], list[str], np.ndarray]:
 class FolderImages:
   """Image files as a random-access array: images[i] (an int array) -> uint8 [len(i), H, W, C], decoded on read.
   Picklable (paths only), so grain's worker processes decode in parallel."""
+  decodes = True   # reading costs decoding: jcnn.data.stream may use worker processes
 
   def __init__(self, paths: Sequence[str], image_size: Sequence[int] = (), channels: int = 0,
                check: bool = True):
@@ -133,11 +134,13 @@ def open_folder(root: str, image_size=(), channels: int = 0, test_fraction: floa
         raise DataError(f"{root} has a {'test' if s == 'train' else 'train'}/ folder but no {s}/: add "
                         f"{os.path.join(root, s)}/<class>/ images, or use one DIR/<class>/ tree")
     classes = splits["train"][0]
-    for s, (c, _, _) in splits.items():
-      if c != classes:
-        raise DataError(f"{os.path.join(root, s)} has classes {c} but {os.path.join(root, 'train')} has {classes}: "
-                        f"give every split the same class folders")
-    out = {s: (p, y) for s, (_, p, y) in splits.items()}
+    out = {}
+    for s, (c, p, y) in splits.items():   # a test or val split may lack classes; its labels are the train names'
+      extra = sorted(set(c) - set(classes))
+      if extra:
+        raise DataError(f"{os.path.join(root, s)} has class folders {extra} that {os.path.join(root, 'train')} lacks: "
+                        f"give every split the training split's class folders")
+      out[s] = (p, np.asarray([classes.index(c[i]) for i in y], np.int32))
   else:
     classes, paths, labels = scan(root)
     if not 0 < test_fraction < 1:
@@ -155,10 +158,8 @@ def open_folder(root: str, image_size=(), channels: int = 0, test_fraction: floa
            "test": ([p for p, t in zip(paths, test) if t], labels[test])}
   if len(classes) < 2:
     raise DataError(f"{root} has one class ({classes[0]}): a classifier needs at least two class sub-folders")
-  first = FolderImages(out["train"][0], image_size, channels, check)
-  size, ch = first.shape[1:3], first.shape[3]
-  images = {s: (first if s == "train" else FolderImages(p, image_size or size, channels or ch, check), y)
-            for s, (p, y) in out.items()}
+  images = {s: (FolderImages(p, image_size, channels, check), y) for s, (p, y) in out.items()}
+  first = images["train"][0]
   if not (image_size and channels):   # every split must have the training split's shape
     for s, (im, _) in images.items():
       if im.shape[1:] != first.shape[1:]:
@@ -172,8 +173,8 @@ def write_folder(out: str, x: np.ndarray, y: np.ndarray, classes: Sequence[str],
   """Images [N, H, W, C] uint8 and labels [N] -> out/[split/]<class>/<index>.png. Returns the number written."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   root = os.path.join(out, split) if split else out
-  for c in classes:
-    os.makedirs(os.path.join(root, c), exist_ok=True)
+  for c in sorted({int(label) for label in y}):   # the classes present (an empty class folder is refused on read)
+    os.makedirs(os.path.join(root, classes[c]), exist_ok=True)
   width = len(str(max(len(x) - 1, 0)))
   for i, (img, label) in enumerate(zip(x, y)):
     a = np.asarray(img)

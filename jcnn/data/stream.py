@@ -3,6 +3,9 @@
     for x, y in stream.batches(rows, labels, order, workers=2):   # order [steps, B] or [steps, V, B] row numbers
       ...                                                          # x [B, ...] ([V * B, ...]) float32, y int32
 
+Worker processes are started with multiprocessing's spawn method: a script that streams with data.workers > 0 needs
+the usual `if __name__ == "__main__":` guard (launch.py has it).
+
 The order is the one the in-memory run gathers on the device (jcnn.data.batches.epoch_batches), so a streamed run
 reads the same examples in the same order, preprocessed by the same `Rows.__getitem__`. A batch is one grain element:
 `MapDataset.source(order).map(fetch)` reads its rows (decoding image files in `workers` processes when > 0, else in
@@ -19,6 +22,7 @@ import numpy as np
 from jcnn.errors import DataError
 
 PREFETCH = 4   # batches read ahead (per worker process, or by the threads)
+WORKERS_FROM = 20_000   # images from which data.workers=-1 decodes image files in worker processes
 
 
 class Fetch:
@@ -33,11 +37,11 @@ class Fetch:
 
 
 def default_workers(rows) -> int:
-  """Worker processes for a source: image files decode in processes (half the cores this process may use, at most
-  8); arrays in memory or memory-mapped are read by threads (a read is a copy: processes would only add pickling)."""
-  from jcnn.data.folder import FolderImages  # pylint: disable=g-import-not-at-top
-  if not isinstance(getattr(rows, "source", None), FolderImages) and not hasattr(getattr(rows, "source", None),
-                                                                                  "decode"):
+  """Worker processes when config.data.workers = -1. Image files (a folder, TFDS records) decode in processes, half
+  the cores this process may use (at most 8), once the split is large (>= WORKERS_FROM images): a pipeline of
+  processes starts once per epoch and per evaluation, which costs seconds (each imports jcnn) and pays only when
+  decoding takes longer. Arrays, in memory or memory-mapped, and small folders are read by threads of this process."""
+  if not getattr(rows.source, "decodes", False) or len(rows) < WORKERS_FROM:
     return 0
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
   return max(1, min(8, cores // 2))
@@ -52,6 +56,9 @@ def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1, thre
   ds = grain.MapDataset.source(np.asarray(order)).map(Fetch(rows, labels))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH))
   if workers > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():   # grain reads its absl flags; a library caller may have parsed none
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=PREFETCH))
   return _checked(iter(it))
 

@@ -1,6 +1,7 @@
 """Arrays on disk: an uncompressed .npz with x_train, y_train, x_test, y_test (optionally x_val, y_val), or a folder
-of .npy files with those names. Images are memory-mapped (mmap_mode='r'; for an .npz, each stored member is mapped at
-its offset in the zip), so a file larger than memory is never read whole: a batch reads its rows only. A compressed
+of .npy files with those names. Images are read in place, by rows, at their offset in the file (for an .npz, each member
+stored uncompressed is found in the zip), so a file larger than memory is never read whole: a batch reads its rows
+only, with positional reads that leave no page of the file in the process's memory. A compressed
 .npz cannot be mapped and is read whole (np.savez, not np.savez_compressed, for large data).
 
 Images are [N, H, W, C] or [N, H, W] (one channel), uint8 (scaled by 1/255) or float; labels integers in [0, classes).
@@ -18,29 +19,54 @@ KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
 class MappedArray:
-  """A read-only memory map of one array in a file, reopened after pickling (grain's worker processes) instead of
-  being copied: mapped[i] -> np.ndarray. [N, H, W] arrays read as [N, H, W, 1]."""
+  """One array stored in a file, read by rows: mapped[i] -> np.ndarray reads only rows i, with positional reads
+  (os.pread) of whole rows, so neither a batch nor a pass over the split leaves file pages in this process's resident
+  memory (a memory map would count every page it touched). Picklable as (path, offset, dtype, shape): grain's worker
+  processes open the file themselves. [N, H, W] arrays read as [N, H, W, 1]."""
 
   def __init__(self, path: str, offset: int, dtype, shape, fortran: bool = False):
     self.path, self.offset, self.dtype, self.fortran = path, offset, np.dtype(dtype), fortran
     self.stored = tuple(shape)
     self.shape = self.stored + (1,) if len(self.stored) == 3 else self.stored
-    self._map = None
+    self.row = int(np.prod(self.stored[1:], dtype=np.int64)) * self.dtype.itemsize   # bytes per example
+    self._fd = None
 
   def __len__(self) -> int:
     return self.shape[0]
 
   def __getstate__(self):
-    return {k: v for k, v in self.__dict__.items() if k != "_map"} | {"_map": None}
+    return {k: v for k, v in self.__dict__.items() if k != "_fd"} | {"_fd": None}
 
-  def array(self) -> np.ndarray:
-    if self._map is None:
-      m = np.memmap(self.path, self.dtype, "r", self.offset, self.stored, order="F" if self.fortran else "C")
-      self._map = m.reshape(self.shape)
-    return self._map
+  def __del__(self):
+    if getattr(self, "_fd", None) is not None:
+      os.close(self._fd)
+
+  def _read(self, start: int, count: int) -> bytes:
+    if self._fd is None:
+      self._fd = os.open(self.path, os.O_RDONLY)
+    want, got = count * self.row, b""
+    while len(got) < want:   # pread may return less than asked
+      part = os.pread(self._fd, want - len(got), self.offset + start * self.row + len(got))
+      if not part:
+        raise DataError(f"{self.path} ends early (row {start + len(got) // self.row} of {len(self)}): the file is "
+                        f"truncated; write it again")
+      got += part
+    return got
 
   def __getitem__(self, i) -> np.ndarray:
-    return np.asarray(self.array()[i])
+    if self.fortran:   # column-major rows are not contiguous: map the file (rare; np.save writes C order)
+      m = np.memmap(self.path, self.dtype, "r", self.offset, self.stored, order="F")
+      return np.ascontiguousarray(m[i]).reshape((-1,) + self.shape[1:])
+    idx = np.arange(len(self))[i] if isinstance(i, slice) else np.atleast_1d(np.asarray(i))
+    out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+    if len(idx) and np.all(np.diff(idx) == 1):   # a contiguous run of rows: one read
+      out[:] = np.frombuffer(self._read(int(idx[0]), len(idx)), self.dtype).reshape(out.shape)
+      return out
+    for k, j in enumerate(idx):
+      if not 0 <= j < len(self):
+        raise IndexError(f"row {j} of {len(self)}")
+      out[k] = np.frombuffer(self._read(int(j), 1), self.dtype).reshape(self.shape[1:])
+    return out
 
 
 def _npy_header(f):

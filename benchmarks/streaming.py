@@ -7,7 +7,8 @@ peak resident memory of a streamed run whose training split is larger than memor
 
 Rates: each case's data (synthetic uint8 images, the same pixels in every form) is written as a PNG class folder and
 as an uncompressed .npz, then loaded four ways: in memory (data.stream=off, the step gathers on the device), streamed
-from the .npz (threads), streamed from the folder (threads) and from the folder with one worker process. Each runs
+from the .npz and from the folder in the training process (data.workers=0: a batch is read while the device runs the
+step before it, since JAX dispatches asynchronously), and from the folder with one worker process. Each runs
 the one loop's real program (`single_program`, its `feed`) for one long epoch; after a warm-up (compile apart),
 windows alternate the ways and time `--steps` steps each; the table gives the median images/s and the median of the
 per-window ratios to the in-memory rate.
@@ -15,14 +16,13 @@ per-window ratios to the in-memory rate.
 Memory: a child process streams a generated .npz whose training split is `--big_gb` GB once decoded to float32
 (data.stream=auto streams it: it is above data.stream_above_mb), trains `--big_steps` steps of the convnet at batch
 64 with per-channel standardisation (whose statistics take one streaming pass over the split), and reports its peak
-resident set (getrusage ru_maxrss). The JSON names the machine.
+resident set (VmHWM in /proc/self/status). The JSON names the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,7 +42,7 @@ from jcnn.train import program as program_lib  # noqa: E402
 WAYS = {  # name -> config.data overrides (the path is filled in per case)
     "in memory": {"name": "arrays", "stream": "off"},
     "streamed .npz": {"name": "arrays", "stream": "on", "workers": 0},
-    "streamed PNG (threads)": {"name": "folder", "stream": "on", "workers": 0},
+    "streamed PNG (in process)": {"name": "folder", "stream": "on", "workers": 0},
     "streamed PNG (1 process)": {"name": "folder", "stream": "on", "workers": 1},
 }
 
@@ -102,7 +102,7 @@ def run_case(model: str, batch: int, shape, n: int, windows: int, steps: int) ->
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[2])
 import jax
 from jcnn import config as config_lib, data as data_lib
@@ -111,18 +111,26 @@ if __name__ == "__main__":
   c = config_lib.base_config()
   c.data.name, c.data.path, c.data.preprocess, c.data.workers = "arrays", sys.argv[1], "standardize", 0
   c.train.batch_size, c.train.epochs = 64, 1
+  def peak():   # VmHWM: this process's peak resident set (ru_maxrss would carry the parent's peak across fork + exec)
+    line = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+    return int(line.split()[1]) * 1024 / 1e9
+  phases = {"imports": peak()}
   t = time.perf_counter()
   ds = data_lib.load(c.data, seed=0)
   load_s = time.perf_counter() - t
+  phases["load_and_statistics"] = peak()
   program = program_lib.single_program(c, ds)
   rs, feed = program.init(), iter(program.feed(1, 0))
+  rs = program.step(rs, next(feed))
+  jax.block_until_ready(rs.acc)
+  phases["compile_and_first_step"] = peak()
   t = time.perf_counter()
   for _ in range(int(sys.argv[3])):
     rs = program.step(rs, next(feed))
   jax.block_until_ready(rs.acc)
+  phases["training"] = peak()
   print(json.dumps({"streamed": ds.streamed, "decoded_gb": ds.train_x.nbytes / 1e9, "load_and_stats_s": load_s,
-                    "train_s": time.perf_counter() - t,
-                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+                    "train_s": time.perf_counter() - t, "peak_rss_gb": peak(), "peak_rss_gb_after": phases}))
 """
 
 
@@ -178,7 +186,8 @@ def main():
   if "memory" in results:
     m = results["memory"]
     print(f"\nstreamed {m['decoded_gb']:.2f} GB decoded ({m['images']} x {m['shape']}): peak RSS {m['peak_rss_gb']:.2f} GB"
-          f" over {m['steps']} steps (statistics pass + load {m['load_and_stats_s']:.0f}s)")
+          f" over {m['steps']} steps (statistics pass + load {m['load_and_stats_s']:.0f}s); peak after each phase: "
+          + ", ".join(f"{k} {v:.2f} GB" for k, v in m["peak_rss_gb_after"].items()))
   print(machine.describe(results["machine"]))
   if args.out:
     with open(args.out, "w") as f:

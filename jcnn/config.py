@@ -143,8 +143,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                                              "on the device (off), or stream when it is large (auto)"),
         "stream_above_mb": Field(2048, integer(0), "auto streams when the decoded training split exceeds this many "
                                                    "MiB (float32)"),
-        "workers": Field(-1, integer(-1, 64), "streaming: worker processes that read and decode (0 = threads of this "
-                                              "process; -1 = auto: half the cores for image files, 0 for arrays)"),
+        "workers": Field(-1, integer(-1, 64), "streaming: worker processes that read and decode (0 = this process, "
+                                              "between steps; -1 = auto: half the cores for >= 20,000 image files)"),
         "order_seed": Field(-1, integer(-1), "the epoch order's seed (-1 = train.seed); a sweep whose variants share "
                                              "it reads each streamed batch once"),
         "preprocess": Field("scale", choice(*PREPROCESS), "pixels / 255, then per-channel statistics of the "

@@ -13,7 +13,7 @@ from conftest import ROOT
 from PIL import Image
 
 from jcnn import data
-from jcnn.data import arrays, folder, tables
+from jcnn.data import arrays, folder
 from jcnn.errors import DataError
 
 

@@ -186,3 +186,18 @@ def test_not_prepared(tmp_path):
     open_prepared("jcnn_nowhere", str(tmp_path))
   with pytest.raises(DataError, match="not prepared"):  # a registered TFDS name, with nothing in this data_dir
     open_prepared("mnist", str(tmp_path))
+
+
+def test_data_load_reads_a_prepared_dataset_by_name_in_memory_and_streamed(prepared):
+  """`data.name=tfds:NAME` through jcnn.data.load: the streamed rows equal the in-memory split (the preprocessing
+  included), and its class names are the dataset's."""
+  from jcnn import data  # pylint: disable=g-import-not-at-top
+  cfg = {"name": "tfds:jcnn_tiny_rgb", "data_dir": prepared["array_record"], "preprocess": "standardize"}
+  mem = data.load(dict(cfg, stream="off"))
+  flow = data.load(dict(cfg, stream="on"))
+  assert flow.streamed and isinstance(flow.train_x, data.Rows) and mem.classes == NAMES and mem.num_classes == 3
+  n = len(mem.train_y)
+  np.testing.assert_array_equal(flow.train_x[np.arange(n)[::-1]], np.asarray(mem.train_x)[::-1])
+  x = RGB["train"][0].astype(np.float64) / 255    # the generator's pixels: the statistics by hand, per channel
+  np.testing.assert_allclose(mem.stats["shift"], x.reshape(-1, 3).mean(0), rtol=1e-5)
+  np.testing.assert_allclose(mem.stats["div"], x.reshape(-1, 3).std(0), rtol=1e-4)

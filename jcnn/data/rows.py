@@ -17,7 +17,7 @@ import numpy as np
 
 from jcnn.data import preprocess as preprocess_lib
 
-CHUNK = 1024   # examples per read when a split is materialised or its statistics are fitted
+CHUNK_BYTES = 4 * 2**20   # raw bytes per read when a split is materialised or its statistics fitted (bounds memory)
 
 
 class Rows:
@@ -48,16 +48,21 @@ class Rows:
     x = self.raw(i)
     return x if self.stats is None else preprocess_lib.apply(x, self.stats)
 
-  def chunks(self, size: int = CHUNK):
-    """The split in order, `size` raw rows at a time (for fitting statistics in one pass)."""
-    for s in range(0, len(self), size):
-      yield self.raw(slice(s, s + size))
+  @property
+  def chunk(self) -> int:
+    """Examples per read in a pass over the split: CHUNK_BYTES of raw data."""
+    return max(1, CHUNK_BYTES // max(1, int(np.prod(self.shape[1:])) * np.dtype(self.source.dtype).itemsize))
+
+  def chunks(self):
+    """The split in order, a chunk of raw rows at a time (for fitting statistics in one pass)."""
+    for s in range(0, len(self), self.chunk):
+      yield self.raw(slice(s, s + self.chunk))
 
   def materialize(self) -> np.ndarray:
     """The whole split, preprocessed, as one array (filled chunk by chunk: no second copy of the raw split)."""
     out = np.empty(self.shape, self.dtype)
-    for s in range(0, len(self), CHUNK):
-      out[s:s + CHUNK] = self[slice(s, s + CHUNK)]
+    for s in range(0, len(self), self.chunk):
+      out[s:s + self.chunk] = self[slice(s, s + self.chunk)]
     return out
 
   @property

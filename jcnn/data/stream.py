@@ -8,8 +8,11 @@ the usual `if __name__ == "__main__":` guard (launch.py has it).
 
 The order is the one the in-memory run gathers on the device (jcnn.data.batches.epoch_batches), so a streamed run
 reads the same examples in the same order, preprocessed by the same `Rows.__getitem__`. A batch is one grain element:
-`MapDataset.source(order).map(fetch)` reads its rows (decoding image files in `workers` processes when > 0, else in
-`threads` threads of this process) and prefetches a few batches ahead. Evaluation streams through the same function
+`MapDataset.source(order).map(fetch)` reads its rows: in `workers` processes when > 0 (decoding image files in
+parallel, a few batches ahead), else in this process when the loop asks for the next batch, which is while the device
+runs the step before it (JAX dispatches asynchronously). Reading in this process is what keeps the convnet at 1.00x
+its in-memory rate from an .npz and 0.92x from PNGs on 2 cores, where reader threads competed with XLA's
+(benchmarks/streaming.py). Evaluation streams through the same function
 with the evaluation batches' indices.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from jcnn.errors import DataError
 
-PREFETCH = 4   # batches read ahead (per worker process, or by the threads)
+PREFETCH = 4   # batches read ahead per worker process (or by `threads` threads when asked)
 WORKERS_FROM = 20_000   # images from which data.workers=-1 decodes image files in worker processes
 
 
@@ -40,21 +43,21 @@ def default_workers(rows) -> int:
   """Worker processes when config.data.workers = -1. Image files (a folder, TFDS records) decode in processes, half
   the cores this process may use (at most 8), once the split is large (>= WORKERS_FROM images): a pipeline of
   processes starts once per epoch and per evaluation, which costs seconds (each imports jcnn) and pays only when
-  decoding takes longer. Arrays, in memory or memory-mapped, and small folders are read by threads of this process."""
+  decoding takes longer. Arrays, in memory or on disk, and small folders are read in this process."""
   if not getattr(rows.source, "decodes", False) or len(rows) < WORKERS_FROM:
     return 0
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
   return max(1, min(8, cores // 2))
 
 
-def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1, threads: int = 2) -> Iterator:
+def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1, threads: int = 0) -> Iterator:
   """(x, y) numpy batches of `rows` in `order` ([steps, ...] row numbers; one batch per leading entry)."""
   import grain  # pylint: disable=g-import-not-at-top
   if len(order) == 0:
     return iter(())
   workers = default_workers(rows) if workers < 0 else workers
   ds = grain.MapDataset.source(np.asarray(order)).map(Fetch(rows, labels))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH if threads else 0))
   if workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():   # grain reads its absl flags; a library caller may have parsed none

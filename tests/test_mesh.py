@@ -97,7 +97,7 @@ def runs(tmp_path_factory):
     if name not in made:
       w = str(root / name)
       kind, devices = name.rsplit("_", 1)
-      args = {"single": SINGLE, "sweep": SWEEP,
+      args = {"single": SINGLE, "sweep": SWEEP, "stream": [*SINGLE, "--config.data.stream=on"],
               "bn": [*SINGLE, "--config.model.name=resnet_tiny", "--config.train.epochs=1"]}[kind]
       if devices == "2x2":
         outs = launch_processes(args, w)
@@ -169,6 +169,18 @@ def test_two_processes_match_one_process(runs):
   ref = [json.loads(line) for line in open(os.path.join(runs("sweep_1")[0], "variants.jsonl"))]
   assert len(rows) == 6 and all(abs(a["final"]["test_accuracy"] - b["final"]["test_accuracy"]) < 1e-6
                                 for a, b in zip(rows, ref))
+
+
+@pytest.mark.slow
+def test_two_processes_stream_only_their_own_rows_and_match_the_in_memory_run(runs):
+  """data.stream=on over 2 processes x 2 devices: each process reads its half of every batch (rows 0-15 / 16-31 of
+  32), and the run ends where the in-memory two-process run ends."""
+  w, outs = runs("stream_2x2")
+  assert "reads rows 0-15 of each batch of 32" in outs[0][1] and "reads rows 16-31 of each batch of 32" in outs[1][1]
+  assert max_diff(state(runs("single_2x2")[0])["params"], state(w)["params"]) < TOL
+  ref = [json.loads(line) for line in open(os.path.join(runs("single_2x2")[0], "metrics.jsonl"))]
+  got = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
+  assert [r.get("test_accuracy") for r in got] == [r.get("test_accuracy") for r in ref]
 
 
 @pytest.mark.slow

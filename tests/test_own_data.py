@@ -100,7 +100,19 @@ def test_write_folder_round_trips_a_built_in_dataset(tmp_path):
   assert len(os.listdir(os.path.join(out, "train", "0"))) == int((ref[1][:30] == 0).sum())   # nothing lost
 
 
-def test_arrays_npz_is_memory_mapped_and_npy_folder_and_compressed_read(tmp_path):
+def test_to_arrays_decodes_a_folder_once_into_npy_files_with_its_class_names(tmp_path):
+  from jcnn.data.__main__ import main
+  ref = tiny_folder(str(tmp_path / "png"))
+  assert main(["to-arrays", f"--folder={tmp_path / 'png'}", f"--out={tmp_path / 'npy'}"]) == 0
+  cfg = {"name": "arrays", "path": str(tmp_path / "npy"), "preprocess": "none", "stream": "on"}
+  ds = data.load(cfg)
+  assert ds.classes == ("ant", "bee", "cat") and isinstance(ds.train_x.source, arrays.MappedArray)
+  np.testing.assert_array_equal(ds.train_x[np.arange(18)], f32(ref["train"][0]))
+  np.testing.assert_array_equal(np.asarray(ds.test_y), ref["test"][1])
+  assert main(["to-arrays", f"--folder={tmp_path / 'png'}", f"--out={tmp_path / 'npy'}"]) == 2   # not over files
+
+
+def test_arrays_npz_is_read_by_rows_and_npy_folder_and_compressed_read(tmp_path):
   rng = np.random.default_rng(1)
   x = {s: rng.integers(0, 256, (n, 6, 5), dtype=np.uint8) for s, n in (("train", 40), ("test", 12))}
   y = {s: rng.integers(0, 4, len(v)).astype(np.int64) for s, v in x.items()}
@@ -110,7 +122,7 @@ def test_arrays_npz_is_memory_mapped_and_npy_folder_and_compressed_read(tmp_path
   os.makedirs(tmp_path / "npy")
   for k, v in kw.items():
     np.save(tmp_path / "npy" / f"{k}.npy", v)
-  splits, k = arrays.open_arrays(str(tmp_path / "d.npz"))
+  splits, k, _ = arrays.open_arrays(str(tmp_path / "d.npz"))
   assert k == 4 and isinstance(splits["train"][0], arrays.MappedArray)     # mapped, not read
   for path in ("d.npz", "c.npz", "npy"):
     ds = data.load({"name": "arrays", "path": str(tmp_path / path), "preprocess": "none", "stream": "off"})

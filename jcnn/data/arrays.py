@@ -102,7 +102,8 @@ def _npz(path: str) -> dict:
 
 
 def open_arrays(path: str):
-  """-> ({'train' | 'test' | 'val': (images, labels [N] int32)}, num_classes)."""
+  """-> ({'train' | 'test' | 'val': (images, labels [N] int32)}, num_classes, class names from classes.txt beside
+  the arrays, if there is one)."""
   if path.endswith(".npz") and os.path.isfile(path):
     try:
       found = _npz(path)
@@ -131,7 +132,14 @@ def open_arrays(path: str):
                       f"image")
     splits[s] = (x, labels(y, f"{path}: y_{s}"))
   num_classes = int(max(y.max() for _, y in splits.values())) + 1
-  return splits, num_classes
+  names_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "classes.txt")
+  names = ()
+  if os.path.isfile(names_file):   # one class name per line (python -m jcnn.data to-arrays writes it)
+    names = tuple(line.strip() for line in open(names_file) if line.strip())
+    if len(names) < num_classes:
+      raise DataError(f"{names_file} names {len(names)} classes but the labels go up to {num_classes - 1}; give one "
+                      f"name per class, or remove the file")
+  return splits, num_classes, names
 
 
 def labels(y: np.ndarray, what: str) -> np.ndarray:

@@ -80,8 +80,7 @@ def open_source(cfg: Mapping[str, Any]):
     splits, classes = folder.open_folder(path, tuple(cfg["image_size"]), cfg["channels"], cfg["test_fraction"])
     return splits, len(classes), tuple(classes)
   if name == "arrays":
-    splits, num_classes = arrays.open_arrays(path)
-    return splits, num_classes, ()
+    return arrays.open_arrays(path)
   if name == "csv":
     splits, num_classes, _ = tables.open_table(path, cfg["target"], cfg["test_fraction"])
     return splits, num_classes, ()

@@ -146,6 +146,45 @@ def single_program(config, ds: data_lib.Dataset, mesh=None) -> Program:
   return with_feeds(program, config, ds)
 
 
+def _own_rows(mesh, V: int | None):
+  """(own, batch) for a streamed program: `own(order)` keeps the columns of each step's rows [steps, B] that this
+  process reads, `batch(local)` makes the step's global batch from them. One process reads every row and puts the
+  batch as the in-memory run holds its data (replicated; the step splits it over `data`). With several processes, a
+  single run's batch is split over the mesh's `data` axis and each process reads only the rows of its own devices
+  (a contiguous block of B / processes rows)."""
+  if mesh is None or jax.process_count() == 1:
+    put = (lambda a: jnp.asarray(a)) if mesh is None else (lambda a: mesh_lib.put(a, mesh_lib.replicated(mesh)))
+    return (lambda order: order), put
+  if V is not None:
+    raise DataError("config.data.stream: a sweep over several processes keeps its data in memory; set "
+                    "config.data.stream=off")
+  sharding = mesh_lib.by_data(mesh)
+  blocks = {}
+
+  def block(b):   # this process's rows [lo, hi) of a batch of b rows
+    if b not in blocks:
+      spans = [i[0].indices(b)[:2] for i in sharding.addressable_devices_indices_map((b,)).values()]
+      lo, hi = min(a for a, _ in spans), max(z for _, z in spans)
+      if sum(z - a for a, z in set(spans)) != hi - lo:
+        raise DataError(f"this process's devices hold rows that are not one block of the batch of {b}; set "
+                        f"config.data.stream=off")
+      blocks[b] = (lo, hi)
+      print(f"streaming: process {jax.process_index()} reads rows {lo}-{hi - 1} of each batch of {b}", flush=True)
+    return blocks[b]
+
+  def own(order):          # [steps, B] -> [steps, hi - lo]
+    lo, hi = block(order.shape[-1])
+    return order[..., lo:hi]
+
+  def batch(local):        # [hi - lo, ...] here -> the global [B, ...], split over `data`
+    b = len(local) * jax.process_count()   # every process holds an equal block (data axis divides the batch)
+    lo, _ = block(b)
+    return jax.make_array_from_callback((b,) + local.shape[1:], sharding,
+                                        lambda index: local[index[0].start - lo:index[0].stop - lo]
+                                        if index[0].start is not None else local)
+  return own, batch
+
+
 def with_feeds(program: Program, config, ds: data_lib.Dataset, V: int | None = None) -> Program:
   """`program` with its data seam: in memory (indices; the step gathers on the device) or streamed (batches read in
   the same order). A streamed sweep reads [V * B] rows per step (each variant its own order), or [B] once when
@@ -163,12 +202,9 @@ def with_feeds(program: Program, config, ds: data_lib.Dataset, V: int | None = N
     return program._replace(feed=lambda epoch, first: itertools.repeat(program.batches(epoch)),
                             eval_feed=lambda s: [eval_args[s]])
 
-  if jax.process_count() > 1:
-    raise DataError("config.data.stream: streaming runs in one process for now; set config.data.stream=off "
-                             "(the data is then split over the processes' devices)")
   workers = config.data.workers
   shared = V is not None and config.data.order_seed >= 0
-  labels = {s: np.asarray(y) for s, (_, y) in splits.items()} | {"train": np.asarray(ds.train_y)}
+  labels = {s: mesh_lib.host(y) for s, (_, y) in splits.items()} | {"train": mesh_lib.host(ds.train_y)}
   B = tc.batch_size
   if V is None:
     idx = place(np.arange(B, dtype=np.int32)[None])                               # [1, B]: the batch itself
@@ -176,19 +212,20 @@ def with_feeds(program: Program, config, ds: data_lib.Dataset, V: int | None = N
     idx = place(np.broadcast_to(np.arange(B, dtype=np.int32), (V, 1, B)).copy())  # [V, 1, B]: all read one batch
   else:
     idx = place(np.arange(V * B, dtype=np.int32).reshape(V, 1, B))                # [V, 1, B]: variant v's rows
+  own, batch = _own_rows(program.mesh, V)
 
   def feed(epoch, first):
     order = np.asarray(mesh_lib.host(program.batches(epoch)))     # [steps, B] or [V, steps, B]: as in memory
     if V is not None:
       order = order[0] if shared else np.moveaxis(order, 1, 0)    # [steps, B] or [steps, V, B]
-    for x, y in stream.batches(ds.train_x, labels["train"], order[first:], workers):
-      yield place(x), place(y), idx
+    for x, y in stream.batches(ds.train_x, labels["train"], own(order[first:]), workers):
+      yield batch(x), batch(y), idx
 
   def eval_feed(s):
     x, y = splits[s]
     bidx, mask = data_lib.eval_batches(len(y), tc.eval_batch_size, multiple)
     one = place(np.arange(bidx.shape[1], dtype=np.int32)[None])
-    for (xb, yb), m in zip(stream.batches(x, labels[s], bidx, workers), mask):
-      yield place(xb), place(yb), one, place(m[None])
+    for (xb, yb), m in zip(stream.batches(x, labels[s], own(bidx), workers), mask):
+      yield batch(xb), batch(yb), one, place(m[None])
 
   return program._replace(feed=feed, eval_feed=eval_feed)

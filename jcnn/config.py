@@ -203,7 +203,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 # Fields a resumed run may change without changing what it computes up to where it stopped.
 RESUMABLE_CHANGES = ("description", "train.epochs", "train.log_every", "train.eval_batch_size", "checkpoint.",
-                     "writers.", "mesh.")   # a run resumes on another device count
+                     "writers.", "mesh.",   # a run resumes on another device count
+                     "data.stream", "data.workers")   # streamed and in-memory runs compute the same bits
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -185,8 +185,8 @@ def main():
         f"{r[w]['images_per_s']:.0f}/s ({r[w]['vs_in_memory']:.2f}x)" for w in WAYS) + " |")
   if "memory" in results:
     m = results["memory"]
-    print(f"\nstreamed {m['decoded_gb']:.2f} GB decoded ({m['images']} x {m['shape']}): peak RSS {m['peak_rss_gb']:.2f} GB"
-          f" over {m['steps']} steps (statistics pass + load {m['load_and_stats_s']:.0f}s); peak after each phase: "
+    print(f"\nstreamed {m['decoded_gb']:.2f} GB decoded ({m['images']} x {m['shape']}): peak RSS "
+          f"{m['peak_rss_gb']:.2f} GB over {m['steps']} steps (statistics pass + load {m['load_and_stats_s']:.0f}s); peak after each phase: "
           + ", ".join(f"{k} {v:.2f} GB" for k, v in m["peak_rss_gb_after"].items()))
   print(machine.describe(results["machine"]))
   if args.out:

@@ -144,4 +144,4 @@ def test_a_folder_from_the_command_line_in_memory_streamed_then_predict(tmp_path
   lines = p.stdout.strip().splitlines()
   assert len(lines) == len(os.listdir(f"{out}/test/3")) and all(": " in line and " (" in line for line in lines)
   named = [line.split(": ")[1].split(" (")[0] for line in lines]
-  assert set(named) <= {str(i) for i in range(10)} and named.count("3") > len(named) // 2
+  assert set(named) == {"3"}   # the class folder's name, for every image (the run's test accuracy is > 0.95)

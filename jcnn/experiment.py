@@ -82,9 +82,9 @@ def run_sweep(config, sweep, workdir: str) -> dict:
   keys = (["group"] if groups != [""] else []) + swept
   with workdir_lib.claim(workdir, config, "summary.json", extra={"sweep": sweep}) as resumed:
     main = mesh_lib.is_main()
-    plan, mesh = _plan(config, configs, variants, sweep, workdir, resumed)
+    plan, mesh, host_ds = _plan(config, configs, variants, sweep, workdir, resumed)
     print(mesh_lib.line(mesh), flush=True)
-    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed)
+    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed, host=host_ds)   # the plan's load, placed
     if main:
       workdir_lib.write_config(workdir, config, resumed, extra={"sweep": sweep}, mesh=mesh)
       os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
@@ -132,10 +132,10 @@ def _check(config, sweep):
 
 
 def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
-  """(plan, mesh): variants per program for each group (process 0's figure on every process, since their memory may
-  differ) and the sweep's one mesh. A new sweep takes its variant axis from the chunk size and pads its programs'
-  variants to a multiple of it (plan 'pad_to'); a resumed one keeps that padding, so its checkpoints keep their
-  shapes on any device count whose variant axis divides them."""
+  """(plan, mesh, the dataset on the host): variants per program for each group (process 0's figure on every
+  process, since their memory may differ) and the sweep's one mesh. A new sweep takes its variant axis from the
+  chunk size and pads its programs' variants to a multiple of it (plan 'pad_to'); a resumed one keeps that padding,
+  so its checkpoints keep their shapes on any device count whose variant axis divides them."""
   path = os.path.join(workdir, "checkpoints", PLAN)
   plan = json.load(open(path)) if resumed and os.path.exists(path) else {}
   host_ds = data_lib.load(config.data, seed=config.train.seed, put=np.asarray)
@@ -146,6 +146,6 @@ def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
   if "pad_to" in plan:
     rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
             for s in range(0, len(variants), plan[str(gi)])]
-    return plan, mesh_lib.make(config, n_variants=min(rows), divide=int(np.gcd.reduce(rows)))
+    return plan, mesh_lib.make(config, n_variants=min(rows), divide=int(np.gcd.reduce(rows))), host_ds
   mesh = mesh_lib.make(config, n_variants=min(plan[str(gi)] for gi in range(len(configs))))
-  return plan | {"pad_to": int(mesh.shape["variant"])}, mesh
+  return plan | {"pad_to": int(mesh.shape["variant"])}, mesh, host_ds

@@ -29,7 +29,6 @@ class Rows:
     h, w, c = source.shape[1:]
     self.shape = (len(self.index), h + 2 * self.pad, w + 2 * self.pad, c)
     self.dtype = np.dtype(np.float32) if stats is not None else np.dtype(source.dtype)
-    self.ndim = 4
 
   def __len__(self) -> int:
     return len(self.index)

@@ -1,4 +1,4 @@
-"""Streaming with grain: batches fetched from a split's rows in a given order, in worker threads or processes.
+"""Streaming with grain: batches fetched from a split's rows in a given order, in this process or in worker processes.
 
     for x, y in stream.batches(rows, labels, order, workers=2):   # order [steps, B] or [steps, V, B] row numbers
       ...                                                          # x [B, ...] ([V * B, ...]) float32, y int32
@@ -11,7 +11,7 @@ reads the same examples in the same order, preprocessed by the same `Rows.__geti
 `MapDataset.source(order).map(fetch)` reads its rows: in `workers` processes when > 0 (decoding image files in
 parallel, a few batches ahead), else in this process when the loop asks for the next batch, which is while the device
 runs the step before it (JAX dispatches asynchronously). Reading in this process is what keeps the convnet at 1.00x
-its in-memory rate from an .npz and 0.92x from PNGs on 2 cores, where reader threads competed with XLA's
+its in-memory rate from an .npz and 0.77-0.92x from PNGs on 2 cores, where reader threads competed with XLA's
 (benchmarks/streaming.py). Evaluation streams through the same function
 with the evaluation batches' indices.
 """
@@ -24,7 +24,7 @@ import numpy as np
 
 from jcnn.errors import DataError
 
-PREFETCH = 4   # batches read ahead per worker process (or by `threads` threads when asked)
+PREFETCH = 4   # batches read ahead per worker process
 WORKERS_FROM = 20_000   # images from which data.workers=-1 decodes image files in worker processes
 
 
@@ -50,14 +50,15 @@ def default_workers(rows) -> int:
   return max(1, min(8, cores // 2))
 
 
-def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1, threads: int = 0) -> Iterator:
+def batches(rows, labels: np.ndarray, order: np.ndarray, workers: int = -1) -> Iterator:
   """(x, y) numpy batches of `rows` in `order` ([steps, ...] row numbers; one batch per leading entry)."""
   import grain  # pylint: disable=g-import-not-at-top
   if len(order) == 0:
     return iter(())
   workers = default_workers(rows) if workers < 0 else workers
   ds = grain.MapDataset.source(np.asarray(order)).map(Fetch(rows, labels))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=PREFETCH if threads else 0))
+  # No reader threads: in this process a batch is read when the loop asks for it (see the module docstring).
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():   # grain reads its absl flags; a library caller may have parsed none

@@ -146,15 +146,14 @@ def single_program(config, ds: data_lib.Dataset, mesh=None) -> Program:
   return with_feeds(program, config, ds)
 
 
-def _own_rows(mesh, V: int | None):
+def _own_rows(mesh, V: int | None, place: Callable):
   """(own, batch) for a streamed program: `own(order)` keeps the columns of each step's rows [steps, B] that this
   process reads, `batch(local)` makes the step's global batch from them. One process reads every row and puts the
   batch as the in-memory run holds its data (replicated; the step splits it over `data`). With several processes, a
   single run's batch is split over the mesh's `data` axis and each process reads only the rows of its own devices
   (a contiguous block of B / processes rows)."""
   if mesh is None or jax.process_count() == 1:
-    put = (lambda a: jnp.asarray(a)) if mesh is None else (lambda a: mesh_lib.put(a, mesh_lib.replicated(mesh)))
-    return (lambda order: order), put
+    return (lambda order: order), place
   if V is not None:
     raise DataError("config.data.stream: a sweep over several processes keeps its data in memory; set "
                     "config.data.stream=off")
@@ -212,7 +211,7 @@ def with_feeds(program: Program, config, ds: data_lib.Dataset, V: int | None = N
     idx = place(np.broadcast_to(np.arange(B, dtype=np.int32), (V, 1, B)).copy())  # [V, 1, B]: all read one batch
   else:
     idx = place(np.arange(V * B, dtype=np.int32).reshape(V, 1, B))                # [V, 1, B]: variant v's rows
-  own, batch = _own_rows(program.mesh, V)
+  own, batch = _own_rows(program.mesh, V, place)
 
   def feed(epoch, first):
     order = np.asarray(mesh_lib.host(program.batches(epoch)))     # [steps, B] or [V, steps, B]: as in memory

@@ -4,6 +4,7 @@
   folder       your images: DIR/<class>/*.png (or DIR/train/, DIR/test/), decoded on read; write_folder
   arrays       your arrays: an .npz or .npy files, memory-mapped
   tables       your tables: CSV feature columns and a target column
+  toys         the course's first problems in memory: logic gates, regression curves, moons / circles / spirals
   tfds_source  a TFDS dataset prepared on disk, read at random through tfds.data_source
   rows         one split as random access, padded and preprocessed on read (Rows)
   preprocess   scaling / normalisation with training-split statistics (fit once, apply per batch); tokenisation

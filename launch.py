@@ -3,6 +3,7 @@
                        python launch.py ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I
                        srun python launch.py ... --distributed          (SLURM / Open MPI find the processes)
                        python launch.py --mode=predict --workdir=DIR --images=a.png,DIR [--top_k=3] [--variant=K]
+                       python launch.py --mode=predict --workdir=DIR --inputs=FEATURES.csv   (tables, toy problems)
                        python launch.py --mode=export --workdir=DIR [--format=onnx] [--variant=K]
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
@@ -36,6 +37,8 @@ def define_flags(fv: flags.FlagValues):
                     "image files with a trained run's model) or export (the model as an ONNX file)", flag_values=fv)
   flags.DEFINE_list("images", [], "--mode=predict: image files (PNG, JPEG) or folders of them, comma-separated",
                     flag_values=fv)
+  flags.DEFINE_string("inputs", None, "--mode=predict: a CSV of feature vectors (a table or toy run), one row per "
+                      "example; prints values in the target's units (regression) or the top-k classes", flag_values=fv)
   flags.DEFINE_integer("top_k", 3, "--mode=predict: classes shown per image", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("variant", None, "--mode=predict/export on a sweep: the variant (a line of variants.jsonl, "
                        "from 0)", lower_bound=0, flag_values=fv)

@@ -202,22 +202,32 @@ def start_processes(fv):
 
 def use_trained(fv) -> int:
   """--mode=predict / export: a trained run's model, from its workdir's newest checkpoint."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from jcnn import export  # pylint: disable=g-import-not-at-top
   from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top
   if not fv.workdir:
     fail(f"--mode={fv.mode} needs --workdir=DIR, a trained run's folder")
-  if fv.mode == "predict" and not fv.images:
-    fail("--mode=predict needs --images=a.png[,b.png ...]")
+  if fv.mode == "predict" and not fv.images and not fv.inputs:
+    fail("--mode=predict needs --images=a.png[,b.png ...] (image models) or --inputs=FILE.csv (feature vectors)")
   try:
     p = export.load(fv.workdir, fv.variant)
-    if fv.mode == "predict":
+    if fv.mode == "predict" and fv.inputs:
+      for r in export.predict_inputs(p, fv.inputs, fv.top_k):
+        print(f"row {r['row']}: " + (", ".join(f"{v:.6g}" for v in r["values"]) if "values" in r else
+                                     ", ".join(f"{t['name']} ({t['class']}) {t['probability']:.4f}" for t in r["top"])))
+    elif fv.mode == "predict":
       for r in export.predict_files(p, fv.images, fv.top_k):
         print(f"{r['image']}: " + ", ".join(f"{t['name']} ({t['class']}) {t['probability']:.4f}" for t in r["top"]))
     else:
       name = "model.onnx" if fv.variant is None else f"model_variant{fv.variant}.onnx"
       path = export.to_onnx(p, os.path.join(fv.workdir, name))
-      print(f"wrote {path}: input 'images' float32 [batch, {', '.join(map(str, p.raw_shape))}] in [0, 1] (uint8 "
-            f"pixels / 255; the run's preprocessing is inside), output 'probabilities' [batch, {len(p.class_names)}]")
+      given = ("as in the data (the run's preprocessing is inside)" if export.vectors(p) else
+               "in [0, 1] (uint8 pixels / 255; the run's preprocessing is inside)")
+      width = int(p.predict(np.zeros((1, *p.raw_shape), p.input_dtype)).shape[-1])
+      out = (f"'values' [batch, {width}] in the target's units" if p.task == "regress" else
+             f"'probabilities' [batch, {len(p.class_names)}]")
+      print(f"wrote {path}: input '{export.input_name(p)}' float32 [batch, {', '.join(map(str, p.raw_shape))}] "
+            f"{given}, output {out}")
   except UserError as e:
     fail(str(e), e.exit_code)
   return 0

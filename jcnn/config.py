@@ -107,7 +107,10 @@ def _activations():
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
-LOSSES = ("cross_entropy", "mse")
+TASKS = ("classify", "binary", "regress")
+LOSSES = ("cross_entropy", "mse", "mae", "huber")
+TASK_LOSSES = {"classify": ("cross_entropy", "mse"), "binary": ("cross_entropy", "mse"),   # what fits each task
+               "regress": ("mse", "mae", "huber")}
 PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
 DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train/step.py, "Mixed precision")
@@ -138,7 +141,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                                   "one mode)"),
         "test_fraction": Field(0.2, real(0, 1, lo_open=True, hi_open=True),
                                "folder / csv without a test split: the share of each class held out for testing"),
-        "target": Field("label", text, "csv: the target column's name (the other columns are the features)"),
+        "target": Field("label", text, "csv: the target column's name, or several comma-separated for a regression "
+                                       "target of several values (the other columns are the features)"),
+        "target_preprocess": Field("none", choice(*PREPROCESS), "train.task=regress: the targets' transform, from "
+                                                                "the training split (predictions are transformed "
+                                                                "back: metrics, predict and export are in the "
+                                                                "target's units)"),
+        "preprocess_test": Field("train_stats", choice("train_stats", "none"),
+                                 "val / test inputs mapped with the training split's statistics (train_stats), or "
+                                 "left raw (none: the mistake the standardisation lesson shows)"),
+        "noise": Field(0.1, real(0), "toy:NAME problems: std of the Gaussian noise (gates: on the training inputs)"),
         "stream": Field("auto", choice("auto", "on", "off"), "read batches from disk with grain (on), keep the data "
                                                              "on the device (off), or stream when it is large (auto)"),
         "stream_above_mb": Field(2048, integer(0), "auto streams when the decoded training split exceeds this many "
@@ -163,7 +175,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "epochs": Field(5, integer(0), "passes over the training split (raise it when resuming to train longer)"),
         "batch_size": Field(64, integer(1), "examples per optimizer step"),
         "seed": Field(0, integer(0), "initial parameters, data order, dropout masks (a sweep's seeds start here)"),
-        "loss": Field("cross_entropy", choice(*LOSSES), "cross_entropy, or mse of the softmax against one-hot"),
+        "task": Field("classify", choice(*TASKS), "classify (softmax over classes), binary (one sigmoid output, "
+                                                  "classes 0 / 1) or regress (real targets of any dimension)"),
+        "loss": Field("cross_entropy", choice(*LOSSES), "classify / binary: cross_entropy, or mse of the softmax "
+                                                        "(sigmoid) against one-hot; regress: mse, mae or huber"),
+        "huber_delta": Field(1.0, real(0, lo_open=True), "huber: where the loss turns from quadratic to linear"),
         "l2": Field(0.0, real(0), "adds l2 * 0.5 * sum(kernel ** 2) to the loss"),
         "micro_batch": Field(0, integer(0), "examples per chunk of a step (0 = automatic: on CPU without "
                                             "BatchNorm the size measured once per machine, jcnn.parallel.machine; "
@@ -254,8 +270,22 @@ def check_config(config) -> None:
     msg = check_value(path, value)
     if msg:
       raise ConfigError(msg)
+  check_task(config)
   # Relations that need the dataset's size (val_size, batch_size against the training images) are checked when it is
   # loaded (data.load, data.epoch_batches), still before any file is written.
+
+
+def check_task(config) -> None:
+  """The loss and the target transform must fit train.task (a section missing from `config` takes its defaults)."""
+  train, data = with_defaults("train", config.get("train")), with_defaults("data", config.get("data"))
+  task, loss = train["task"], train["loss"]
+  if loss not in TASK_LOSSES[task]:
+    raise ConfigError(f"config.train.loss={loss} does not fit config.train.task={task}: set config.train.loss to one "
+                      f"of {', '.join(TASK_LOSSES[task])}")
+  if task != "regress" and data["target_preprocess"] != "none":
+    raise ConfigError(f"config.data.target_preprocess={data['target_preprocess']} transforms regression targets, but "
+                      f"config.train.task={task} has class labels: set config.data.target_preprocess=none (or "
+                      f"config.train.task=regress)")
 
 
 def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHANGES) -> list[str]:
@@ -333,19 +363,22 @@ def variant_config(config, variant: dict):
 
 
 def apply_group(config, group: str):
-  """A copy of config with one 'a.b=value' override applied (value is a Python literal)."""
-  key, _, value = group.partition("=")
+  """A copy of config with a group's overrides applied: 'a.b=value', or several separated by ';'
+  ("data.name='toy:xor'; model.hidden=(4,)"); each value is a Python literal."""
   c = ml_collections.ConfigDict(config.to_dict())
-  node = c
-  *path, last = key.strip().split(".")
-  for p in path:
-    if p not in node or not hasattr(node[p], "items"):
-      raise ConfigError(f"sweep group {group!r}: config has no section {p!r}; write it as 'model.features=(16, 32)'")
-    node = node[p]
-  if last not in node:
-    raise ConfigError(f"sweep group {group!r}: config.{key.strip()} is not a config key")
-  try:
-    node[last] = ast.literal_eval(value.strip())
-  except (ValueError, SyntaxError, TypeError) as e:
-    raise ConfigError(f"sweep group {group!r}: {e}; write it as 'model.features=(16, 32, 32)'") from None
+  for part in (p for p in group.split(";") if p.strip()):
+    key, _, value = part.partition("=")
+    node = c
+    *path, last = key.strip().split(".")
+    for p in path:
+      if p not in node or not hasattr(node[p], "items"):
+        raise ConfigError(f"sweep group {group!r}: config has no section {p!r}; write it as "
+                          f"'model.features=(16, 32)'")
+      node = node[p]
+    if last not in node:
+      raise ConfigError(f"sweep group {group!r}: config.{key.strip()} is not a config key")
+    try:
+      node[last] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, TypeError) as e:
+      raise ConfigError(f"sweep group {group!r}: {e}; write it as 'model.features=(16, 32, 32)'") from None
   return c

@@ -16,7 +16,7 @@ import numpy as np
 
 from jcnn import config as config_lib, data as data_lib, models
 from jcnn.errors import ConfigError
-from jcnn.inspect import summary
+from jcnn.inspect import pictures, summary
 from jcnn.parallel import mesh as mesh_lib
 from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
@@ -34,16 +34,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with workdir_lib.claim(workdir, config, "results.json") as resumed:   # refused, new or resumed; held until the end
     main = mesh_lib.is_main()
     print(mesh_lib.line(mesh), flush=True)
-    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed)
+    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed, task=config.train.task)
     program = program_lib.single_program(config, ds, mesh)
     jax.eval_shape(program.init)   # a model that cannot take the data's shape says so (ShapeError) before any file
     if main:
-      model = models.get(config.model, num_classes=ds.num_classes)
+      model = models.get(config.model, num_classes=ds.outputs)
       print(summary.summary(model, ds.image_shape, input_dtype=ds.train_x.dtype))
       workdir_lib.write_config(workdir, config, resumed, mesh=mesh)
     out = _run(program, ds, config, workdir, main)
     results = _results(config, ds, out, mesh)
     if main:
+      variables = {"params": out["state"].params, "batch_stats": out["state"].batch_stats}
+      _pictures(workdir, [(config.name or config.model.name, model, variables, ds)])
       writers.write_run(workdir, results)
       print(f"results: {os.path.join(workdir, 'results.json')}")
   return {"results": results, "state": out["state"], "history": out["history"]}
@@ -84,32 +86,57 @@ def run_sweep(config, sweep, workdir: str) -> dict:
     main = mesh_lib.is_main()
     plan, mesh, host_ds = _plan(config, configs, variants, sweep, workdir, resumed)
     print(mesh_lib.line(mesh), flush=True)
-    ds = mesh_lib.load(config.data, mesh, seed=config.train.seed, host=host_ds)   # the plan's load, placed
+    placed = {}   # the plan's loads, placed: one per distinct data config (groups may change data.* or the task)
+    for c, h in zip(configs, host_ds):
+      if id(h) not in placed:
+        placed[id(h)] = mesh_lib.load(c.data, mesh, seed=c.train.seed, host=h)
+    datasets = [placed[id(h)] for h in host_ds]
     if main:
       workdir_lib.write_config(workdir, config, resumed, extra={"sweep": sweep}, mesh=mesh)
       os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
       writers.write_json(os.path.join(workdir, "checkpoints", PLAN), plan)
       print(f"sweep: {len(groups)} group(s) x {len(variants)} variants ({', '.join(swept) or 'seeds'} x "
             f"{sweep.seeds} seeds)", flush=True)
-    results = []
-    for gi, (g, cfg) in enumerate(zip(groups, configs)):
+    results, panels = [], []
+    for gi, (g, cfg, ds) in enumerate(zip(groups, configs, datasets)):
       if g:
         print(f"group {g}", flush=True)
       if main:
-        model = models.get(cfg.model, num_classes=ds.num_classes)
+        model = models.get(cfg.model, num_classes=ds.outputs)
         print(summary.summary(model, ds.image_shape, flops=False, input_dtype=ds.train_x.dtype))
       for r in train_variants(cfg, variants, ds, swept, sweep.max_chunk, sweep.strategy, workdir=workdir,
                               group=(gi, g), chunk=plan[str(gi)], mesh=mesh, pad_to=plan["pad_to"]):
         r["hparams"] = dict(r["hparams"], group=g) if g else r["hparams"]
-        r.pop("params")
+        params = r.pop("params")
+        if main and pictures.drawable(ds) and not r["failed"]:
+          panels.append((writers.variant_name(r["hparams"], keys), models.get(
+              cfg.model, num_classes=ds.outputs, **_traced(r["hparams"], swept)), {"params": params}, ds))
         results.append(r)
-    rows = aggregate(results, keys)
-    table = markdown_table(rows, keys)
+    rows = aggregate(results, keys, sweep.tolerance)
+    if main:
+      _pictures(workdir, panels)
+    table = markdown_table(rows, keys, sweep.tolerance)
     if main:
       writers.write_sweep(workdir, results, rows, table, keys)
       print(table)
       print(f"results: {workdir}/summary.md (.csv, .json), variants.jsonl, *.png")
   return {"results": results, "rows": rows, "table": table}
+
+
+def _traced(hparams: dict, swept) -> dict:
+  """A variant's swept model fields (dropout, init scale, activation), as its program's model takes them."""
+  return {a.field: hparams[a.name] for a in config_lib.SWEEP_AXES if a.section == "model" and a.name in swept}
+
+
+def _pictures(workdir: str, panels: list) -> None:
+  """fit.png / surface.png / boundary.png (jcnn.inspect.pictures) for vector data of 1 or 2 inputs, also into
+  TensorBoard (tb/pictures); nothing for images."""
+  panels = [p for p in panels if pictures.drawable(p[3])]
+  if not panels:
+    return
+  path = pictures.draw(panels, os.path.join(workdir, pictures.name_for(panels[0][3])))
+  writers.tb_images(os.path.join(workdir, "tb", "pictures"), [path])
+  print(f"picture: {path}", flush=True)
 
 
 PLAN = "plan.json"   # in <workdir>/checkpoints: variants per program and the padding, kept for resuming
@@ -126,23 +153,31 @@ def _check(config, sweep):
     config_lib.check_config(c)
   if not isinstance(sweep.max_chunk, int) or sweep.max_chunk < 0:
     raise ConfigError(f"sweep.max_chunk={sweep.max_chunk!r}: must be an integer >= 0 (0 = automatic)")
+  if isinstance(sweep.tolerance, bool) or not isinstance(sweep.tolerance, (int, float)) or sweep.tolerance < 0:
+    raise ConfigError(f"sweep.tolerance={sweep.tolerance!r}: must be a number >= 0 (0 = no steps-to column)")
   if sweep.strategy not in ("auto", "vmap", "map", "unroll"):
     raise ConfigError(f"sweep.strategy={sweep.strategy!r}: must be one of auto, vmap, map, unroll")
   return configs, groups, variants, swept_axes(sweep)
 
 
 def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
-  """(plan, mesh, the dataset on the host): variants per program for each group (process 0's figure on every
-  process, since their memory may differ) and the sweep's one mesh. A new sweep takes its variant axis from the
+  """(plan, mesh, each group's dataset on the host): variants per program for each group (process 0's figure on
+  every process, since their memory may differ) and the sweep's one mesh. Groups with the same data config and task
+  share one dataset (loaded once). A new sweep takes its variant axis from the
   chunk size and pads its programs' variants to a multiple of it (plan 'pad_to'); a resumed one keeps that padding,
   so its checkpoints keep their shapes on any device count whose variant axis divides them."""
   path = os.path.join(workdir, "checkpoints", PLAN)
   plan = json.load(open(path)) if resumed and os.path.exists(path) else {}
-  host_ds = data_lib.load(config.data, seed=config.train.seed, put=np.asarray)
-  for gi, c in enumerate(configs):
-    jax.eval_shape(program_lib.single_program(c, host_ds).init)   # ShapeError, before any file, if a model cannot
+  loaded, host_ds = {}, []
+  for c in configs:
+    key = json.dumps([c.data.to_dict(), c.train.task, c.train.seed], sort_keys=True, default=str)
+    if key not in loaded:
+      loaded[key] = data_lib.load(c.data, seed=c.train.seed, put=np.asarray, task=c.train.task)
+    host_ds.append(loaded[key])
+  for gi, (c, ds) in enumerate(zip(configs, host_ds)):
+    jax.eval_shape(program_lib.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot
     if str(gi) not in plan:
-      plan[str(gi)] = mesh_lib.from_process_0(variants_per_program(c, host_ds, len(variants), sweep.max_chunk)[0])
+      plan[str(gi)] = mesh_lib.from_process_0(variants_per_program(c, ds, len(variants), sweep.max_chunk)[0])
   if "pad_to" in plan:
     rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
             for s in range(0, len(variants), plan[str(gi)])]

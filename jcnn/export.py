@@ -26,6 +26,7 @@ import numpy as np
 
 from jcnn.data.sources import CLASS_NAMES
 from jcnn.errors import UserError
+from jcnn.train import tasks
 
 
 
@@ -34,7 +35,7 @@ class ExportError(UserError):
 
 
 class Predictor(NamedTuple):
-  predict: Callable[[Any], jax.Array]   # jitted: images -> probabilities [B, classes]
+  predict: Callable[[Any], jax.Array]   # jitted: images -> probabilities [B, classes] (regress: values [B, T])
   prepare: Callable[[Any], jax.Array]   # images -> the model's input (the run's preprocessing); pure, traceable
   model: Any
   variables: dict
@@ -43,11 +44,16 @@ class Predictor(NamedTuple):
   input_dtype: str                      # 'float32', or an integer type for token ids
   class_names: tuple
   image_size: tuple = ()                # a folder run's data.image_size: image files are resized as in training
+  task: str = "classify"                # what the outputs mean (jcnn.train.tasks): classify | binary | regress
+  features: tuple = ()                  # vector data: the feature (column) names, for --inputs=FILE.csv
+  target: dict | None = None            # regress: the target statistics that turn outputs into the target's units
 
 
 def predictor(model, variables, *, preprocess: dict | None = None, pad: int = 0, input_shape: Sequence[int],
-              input_dtype: str = "float32", class_names: Sequence[str] = ()) -> Predictor:
-  """A Predictor for live parameters. `preprocess` is a run's statistics record (data.preprocess's `stats`)."""
+              input_dtype: str = "float32", class_names: Sequence[str] = (), task: str = "classify",
+              target: dict | None = None, features: Sequence[str] = ()) -> Predictor:
+  """A Predictor for live parameters. `preprocess` is a run's statistics record (data.preprocess's `stats`);
+  `task` and `target` (the regression targets' statistics) say what the outputs mean (jcnn.train.tasks)."""
   stats = preprocess or {"method": "scale", "scale": 255.0}
   input_shape = tuple(input_shape)
   tokens = np.issubdtype(np.dtype(input_dtype), np.integer)
@@ -67,10 +73,25 @@ def predictor(model, variables, *, preprocess: dict | None = None, pad: int = 0,
     return x
 
   def predict(images):
-    return jax.nn.softmax(model.apply(variables, prepare(images), train=False), axis=-1)
+    return tasks.predictions(task, model.apply(variables, prepare(images), train=False), target)
 
-  names = tuple(class_names) or tuple(str(i) for i in range(_num_classes(model, variables)))
-  return Predictor(jax.jit(predict), prepare, model, variables, input_shape, raw_shape, input_dtype, names)
+  k = 2 if task == "binary" else _num_classes(model, variables)
+  names = tuple(class_names) or (() if task == "regress" else tuple(str(i) for i in range(k)))
+  return Predictor(jax.jit(predict), prepare, model, variables, input_shape, raw_shape, input_dtype, names,
+                   task=task, features=tuple(features), target=target)
+
+
+def output_name(p: Predictor) -> str:
+  return "values" if p.task == "regress" else "probabilities"
+
+
+def input_name(p: Predictor) -> str:
+  return "features" if vectors(p) else "images"
+
+
+def vectors(p: Predictor) -> bool:
+  """The model takes feature vectors ([1, 1, D] examples: CSV tables, toy problems), not images."""
+  return len(p.raw_shape) == 3 and tuple(p.raw_shape[:2]) == (1, 1)
 
 
 def _num_classes(model, variables) -> int:
@@ -99,7 +120,8 @@ def load(workdir: str, variant: int | dict | None = None) -> Predictor:
   config, data = trained["config"], trained["meta"]["data"]
   p = predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
                 input_shape=data["input_shape"], input_dtype=data["input_dtype"],
-                class_names=data.get("classes") or CLASS_NAMES.get(config.data.name, ()))
+                class_names=data.get("classes") or CLASS_NAMES.get(config.data.name, ()),
+                task=data.get("task", "classify"), target=data.get("target"), features=data.get("features", ()))
   return p._replace(image_size=tuple(getattr(config.data, "image_size", ())))
 
 
@@ -170,6 +192,11 @@ def read_images(p: Predictor, paths: Sequence[str]) -> np.ndarray:
 
 def predict_files(p: Predictor, paths: Sequence[str], top_k: int = 3) -> list[dict]:
   """Top-k classes with names and probabilities per image file (a folder: every image under it)."""
+  if vectors(p):
+    raise ExportError("this model takes feature vectors, not images: pass --inputs=FILE.csv (one row of features "
+                      "per example)")
+  if p.task == "regress":
+    raise ExportError("this model regresses: --images prints class probabilities; use export.load(...).predict")
   if np.issubdtype(np.dtype(p.input_dtype), np.integer):
     raise ExportError("this model takes token ids, not images; use export.load(...).predict on token arrays")
   paths = image_files(paths)
@@ -185,10 +212,44 @@ def predict_files(p: Predictor, paths: Sequence[str], top_k: int = 3) -> list[di
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Feature vectors (CSV tables and toy problems).
+def read_inputs(p: Predictor, path: str) -> np.ndarray:
+  """A CSV of feature vectors -> float32 [N, 1, 1, D] for the model: columns named as in training (p.features; any
+  others, such as the target, are ignored), in any order; a file without those names is read as D numeric columns."""
+  from jcnn.data import tables  # pylint: disable=g-import-not-at-top
+  from jcnn.errors import DataError  # pylint: disable=g-import-not-at-top
+  d = p.raw_shape[-1]
+  if not vectors(p):
+    raise ExportError(f"this model takes images {p.raw_shape}, not feature vectors: pass --images=FILES")
+  try:
+    x, names = tables.read_features(path)
+  except DataError as e:
+    raise ExportError(str(e)) from None
+  if p.features and set(p.features) <= set(names):
+    x = x[:, [names.index(f) for f in p.features]]
+  elif x.shape[1] != d:
+    want = ", ".join(p.features) if p.features else f"{d} numeric columns"
+    raise ExportError(f"{path} has columns {', '.join(names)}; the model takes {want}: give a header with those names")
+  return x[:, None, None, :]
+
+
+def predict_inputs(p: Predictor, path: str, top_k: int = 3) -> list[dict]:
+  """Per row of a CSV of features: the values in the target's units (regress) or the top-k classes."""
+  x = read_inputs(p, path)
+  out = np.concatenate([np.asarray(p.predict(x[i:i + 4096])) for i in range(0, len(x), 4096)])   # [N, T or K]
+  if p.task == "regress":
+    return [{"row": i + 1, "values": [float(v) for v in row]} for i, row in enumerate(out)]
+  k = max(1, min(top_k, out.shape[-1]))
+  return [{"row": i + 1, "top": [{"class": int(c), "name": p.class_names[c], "probability": float(row[c])}
+                                 for c in np.argsort(-row, kind="stable")[:k]]} for i, row in enumerate(out)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # ONNX.
 def to_onnx(p: Predictor, path: str) -> str:
-  """Writes `path`: input `images` float32 [batch, H, W, C] in [0, 1] (token ids int32 [batch, T]), output
-  `probabilities` [batch, classes]; dynamic batch. Needs the [export] extra."""
+  """Writes `path`: input `images` float32 [batch, H, W, C] in [0, 1] (token ids int32 [batch, T]; feature vectors
+  [batch, 1, 1, D] as in the data), output `probabilities` [batch, classes] (regress: `values` [batch, T] in the
+  target's units, the inverse target transform inside the graph); dynamic batch. Needs the [export] extra."""
   try:
     import logging  # pylint: disable=g-import-not-at-top
     from jax2onnx import to_onnx as convert  # pylint: disable=g-import-not-at-top
@@ -199,9 +260,9 @@ def to_onnx(p: Predictor, path: str) -> str:
       from None
   tokens = np.issubdtype(np.dtype(p.input_dtype), np.integer)
   spec = jax.ShapeDtypeStruct(("B",) + tuple(p.raw_shape), jnp.int32 if tokens else jnp.float32)
-  fn = lambda images: jax.nn.softmax(p.model.apply(p.variables, p.prepare(images), train=False), axis=-1)
+  fn = lambda images: tasks.predictions(p.task, p.model.apply(p.variables, p.prepare(images), train=False), p.target)
   try:
-    proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=["images"], output_names=["probabilities"])
+    proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=[input_name(p)], output_names=[output_name(p)])
   except Exception as e:  # pylint: disable=broad-except
     raise ExportError(f"jax2onnx could not convert {type(p.model).__name__} ({str(e).strip().splitlines()[0][:200]})"
                       f"; see the README's export table") from None

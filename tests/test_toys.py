@@ -20,7 +20,7 @@ def _truth(name):
 
 def test_names_cover_the_problems():
   assert set(toys.NAMES) == {"and", "or", "nand", "nor", "xor", "not", "line", "sin", "poly", "surface", "scales",
-                             "moons", "circles", "spirals"}
+                             "moons", "circles", "spirals", "separable"}
   assert toys.REGRESSION == {"line", "sin", "poly", "surface", "scales"}
   assert toys.is_regression("sin") and not toys.is_regression("xor") and not toys.is_regression("moons")
   assert all(isinstance(d, str) and d and "\n" not in d for d in toys.NAMES.values())
@@ -150,6 +150,13 @@ def test_circles_radii():
   x, y = toys.generate("circles", 300, 10, 0.05, seed=0)[0]["train"]
   r = np.hypot(x[:, 0, 0, 0], x[:, 0, 0, 1])
   assert abs(r[y == 0].mean() - 1.0) < 0.02 and abs(r[y == 1].mean() - 0.5) < 0.02
+
+
+def test_separable_has_its_margin():
+  x, y = toys.generate("separable", 500, 10, 0.3, seed=0)[0]["train"]
+  s = x[:, 0, 0, 0].astype(np.float64) + x[:, 0, 0, 1]           # x1 + x2, the separating direction
+  assert np.all(s[y == 1] >= 0.25 - 1e-6) and np.all(s[y == 0] <= -0.25 + 1e-6)   # noise is not added
+  assert np.sum(y == 0) == 250 and np.all(np.abs(x) <= 1.5)
 
 
 def test_moons_half_circles():

@@ -127,27 +127,39 @@ def open_arrays(path: str):
       x = x[..., None]
     if len(x.shape) != 4:
       raise DataError(f"{path}: x_{s} has shape {tuple(x.shape)}; images must be [N, H, W] or [N, H, W, C]")
-    if y.ndim != 1 or len(y) != len(x):
-      raise DataError(f"{path}: x_{s} has {len(x)} rows but y_{s} has shape {tuple(y.shape)}; give one label per "
-                      f"image")
-    splits[s] = (x, labels(y, f"{path}: y_{s}"))
-  num_classes = int(max(y.max() for _, y in splits.values())) + 1
+    if y.ndim not in (1, 2) or len(y) != len(x):
+      raise DataError(f"{path}: x_{s} has {len(x)} rows but y_{s} has shape {tuple(y.shape)}; give one label (or "
+                      f"regression target [N, T]) per example")
+    splits[s] = (x, y)   # labels are checked for the task (jcnn.data.dataset.targets)
+  num_classes = class_count([y for _, y in splits.values()])
   names_file = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "classes.txt")
   names = ()
   if os.path.isfile(names_file):   # one class name per line (python -m jcnn.data to-arrays writes it)
     names = tuple(line.strip() for line in open(names_file) if line.strip())
-    if len(names) < num_classes:
+    if num_classes and len(names) < num_classes:
       raise DataError(f"{names_file} names {len(names)} classes but the labels go up to {num_classes - 1}; give one "
                       f"name per class, or remove the file")
   return splits, num_classes, names
 
 
+def class_count(ys) -> int:
+  """max + 1 over label arrays of class numbers; 0 when they are not all non-negative integers (regression targets)."""
+  ok = all(y.ndim == 1 and (y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.all(np.isfinite(y)) and
+                                                       np.all(y == np.round(y)))) and (not len(y) or y.min() >= 0)
+           for y in ys)
+  return int(max(y.max() for y in ys if len(y))) + 1 if ok and any(len(y) for y in ys) else 0
+
+
 def labels(y: np.ndarray, what: str) -> np.ndarray:
   """Class labels as int32, refused when they are not integers or are negative."""
+  if y.ndim != 1:
+    raise DataError(f"{what} has shape {tuple(y.shape)}: class labels are one number per example (a target of "
+                    f"several values: set config.train.task=regress)")
   if y.dtype.kind == "f":
     if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
       bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
-      raise DataError(f"{what}[{bad}] = {y[bad]} is not an integer: labels are class numbers 0, 1, ...")
+      raise DataError(f"{what}[{bad}] = {y[bad]} is not an integer: labels are class numbers 0, 1, ... (real-valued "
+                      f"targets: set config.train.task=regress)")
   elif y.dtype.kind not in "iub":
     raise DataError(f"{what} has {y.dtype} values: labels are class numbers 0, 1, ...")
   if len(y) and y.min() < 0:

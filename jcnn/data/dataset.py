@@ -1,8 +1,10 @@
 """A Dataset: the splits of one configured dataset, preprocessed, on the device or streamed.
 
-`load(config.data)` = a source (`open_source`: built-in, folder, arrays, csv, tfds:NAME) -> the validation hold-out
-and limits as row numbers -> preprocessing statistics from the training split only (one pass) -> each split either
-decoded whole and put on the device once, or kept as Rows (jcnn.data.rows) that a streamed run reads batch by batch.
+`load(config.data, task=config.train.task)` = a source (`open_source`: built-in, folder, arrays, csv, tfds:NAME,
+toy:NAME) -> labels checked for the task (`targets`) -> the validation hold-out and limits as row numbers ->
+preprocessing statistics from the training split only (one pass; regression targets too, data.target_preprocess) ->
+each split either decoded whole and put on the device once, or kept as Rows (jcnn.data.rows) that a streamed run reads
+batch by batch.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import jax
 import numpy as np
 
 from jcnn.config import with_defaults
-from jcnn.data import arrays, folder, preprocess, sources, tables
+from jcnn.data import arrays, folder, preprocess, sources, tables, toys
 from jcnn.data.preprocess import tokenize
 from jcnn.data.rows import Rows
 from jcnn.errors import DataError
@@ -21,7 +23,8 @@ from jcnn.errors import DataError
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Arrays on the device. Images [N, H, W, C] float32 after preprocessing; labels [N] int32."""
+  """Arrays on the device. Images [N, H, W, C] float32 after preprocessing (vectors: [N, 1, 1, D]); labels [N] int32,
+  or for task 'regress' targets [N, T] float32 after data.target_preprocess."""
   name: str
   train_x: jax.Array
   train_y: jax.Array
@@ -33,10 +36,18 @@ class Dataset:
   stats: dict  # preprocessing statistics (from the training split only), for the record and for inference
   classes: tuple = ()      # class names (a folder's sub-folders), for predict
   streamed: bool = False   # True: the x fields are jcnn.data.rows.Rows on the host, read batch by batch (grain)
+  task: str = "classify"   # config.train.task: classify | binary | regress
+  target_stats: dict | None = None   # regress: data.target_preprocess's statistics and the targets' mean ('center')
+  features: tuple = ()     # vector data: the feature (column) names
 
   @property
   def image_shape(self) -> tuple[int, ...]:
     return tuple(self.train_x.shape[1:])
+
+  @property
+  def outputs(self) -> int:
+    """Units of the model's last layer: the classes, 1 (binary), or the target's values (regress)."""
+    return {"classify": self.num_classes, "binary": 1}.get(self.task) or int(self.train_y.shape[-1])
 
 
 def load_text(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> "Dataset":
@@ -71,40 +82,65 @@ def load_text(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_
 
 
 def open_source(cfg: Mapping[str, Any]):
-  """config.data -> ({'train' | 'test' [| 'val']: (images [N, H, W, C] random access, labels [N] int32)},
-  num_classes, class names). One dispatch on data.name; nothing is decoded yet."""
+  """config.data -> ({'train' | 'test' [| 'val']: (images [N, H, W, C] random access, labels [N] (or targets
+  [N, T]) as stored)}, num_classes (0: not class numbers), class names, feature names). One dispatch on data.name;
+  nothing is decoded yet."""
   name, path = cfg["name"], cfg["path"]
   if name in ("folder", "arrays", "csv") and not path:
     raise DataError(f"config.data.name={name} reads config.data.path: set --config.data.path=...")
   if name == "folder":
     splits, classes = folder.open_folder(path, tuple(cfg["image_size"]), cfg["channels"], cfg["test_fraction"])
-    return splits, len(classes), tuple(classes)
+    return splits, len(classes), tuple(classes), ()
   if name == "arrays":
-    return arrays.open_arrays(path)
+    return (*arrays.open_arrays(path), ())
   if name == "csv":
-    splits, num_classes, _ = tables.open_table(path, cfg["target"], cfg["test_fraction"])
-    return splits, num_classes, ()
+    splits, num_classes, features = tables.open_table(path, cfg["target"], cfg["test_fraction"])
+    return splits, num_classes, (), tuple(features)
+  if name.startswith("toy:"):
+    n_train, n_test = cfg["synthetic_size"][0], cfg["synthetic_size"][-1]
+    splits, num_classes, features = toys.generate(name[len("toy:"):], n_train, n_test, cfg["noise"])
+    return splits, num_classes, (), tuple(features)
   if name.startswith("tfds:"):
     from jcnn.data import tfds_source  # pylint: disable=g-import-not-at-top  (imports tensorflow_datasets)
-    return tfds_source.open_prepared(name[len("tfds:"):], cfg["data_dir"])
+    return (*tfds_source.open_prepared(name[len("tfds:"):], cfg["data_dir"]), ())
   trx, try_, tex, tey, num_classes = sources.load_raw(name, cfg["data_dir"], cfg["synthetic_shape"],
                                                        cfg["synthetic_size"])
   if trx.ndim == 3:
     trx, tex = trx[..., None], tex[..., None]
-  return {"train": (trx, try_), "test": (tex, tey)}, num_classes, sources.CLASS_NAMES.get(name, ())
+  return {"train": (trx, try_), "test": (tex, tey)}, num_classes, sources.CLASS_NAMES.get(name, ()), ()
 
 
-def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) -> Dataset:
+def targets(splits: dict, num_classes: int, task: str, what: str) -> tuple[dict, int]:
+  """Each split's labels as the task reads them: class numbers int32 [N] (classify; binary: 0 and 1 only), or
+  float32 targets [N, T] (regress). -> (splits, num_classes; 0 for regress)."""
+  if task == "regress":
+    out = {}
+    for s, (x, y) in splits.items():
+      y = np.asarray(y)
+      if y.dtype.kind not in "fiub":
+        raise DataError(f"{what}: the {s} targets are {y.dtype} values; regression targets are numbers")
+      out[s] = (x, y.reshape(len(y), -1).astype(np.float32))   # [N, T]
+    return out, 0
+  out = {s: (x, arrays.labels(np.asarray(y), f"{what}: {s} label")) for s, (x, y) in splits.items()}
+  k = max(num_classes, arrays.class_count([y for _, y in out.values()]))
+  if task == "binary" and k > 2:
+    raise DataError(f"config.train.task=binary needs the classes 0 and 1, but {what} has {k} classes; set "
+                    f"config.train.task=classify")
+  return out, k
+
+
+def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put, task: str = "classify") -> Dataset:
   """config.data (missing fields take jcnn/config.py's defaults) -> Dataset: on the device, or as Rows to stream
   (data.stream). `put` places each host array (jcnn.parallel.mesh.load passes one that keeps numpy arrays, to shard
-  them over a mesh)."""
+  them over a mesh). `task`: config.train.task, which says how to read the labels."""
   cfg = with_defaults("data", cfg)
   if cfg["name"] in sources.TEXT_DATASETS or cfg["name"] == "synthetic_text":
     if cfg["stream"] == "on":
       raise DataError(f"config.data.stream=on: {cfg['name']} is tokenised in memory and cannot stream; set "
                       f"config.data.stream=off (or auto)")
-    return load_text(cfg, seed, put)
-  splits, num_classes, classes = open_source(cfg)
+    return dataclasses.replace(load_text(cfg, seed, put), task=task)
+  splits, num_classes, classes, features = open_source(cfg)
+  splits, num_classes = targets(splits, num_classes, task, cfg["path"] or cfg["name"])
   (trx, try_), (tex, tey) = splits["train"], splits["test"]
   train, test = np.arange(len(trx)), np.arange(len(tex))
   val_size = int(cfg["val_size"])
@@ -130,12 +166,21 @@ def load(cfg: Mapping[str, Any], seed: int = 0, put: Callable = jax.device_put) 
   if val is not None:
     rows["val"], labels["val"] = Rows(vax, val, pad), vay[val]
   stats = preprocess.fit(rows["train"].chunks(), cfg["preprocess"], rows["train"].dtype)
-  rows = {s: r.with_stats(stats) for s, r in rows.items()}
+  raw = preprocess.fit([], "none", rows["train"].dtype)   # data.preprocess_test=none: val / test only scaled
+  rows = {s: r.with_stats(stats if s == "train" or cfg["preprocess_test"] == "train_stats" else raw)
+          for s, r in rows.items()}
+  target_stats = None
+  if task == "regress":
+    field = "config.data.target_preprocess"
+    target_stats = preprocess.fit([labels["train"]], cfg["target_preprocess"], np.float32, field=field)
+    target_stats["center"] = labels["train"].astype(np.float64).mean(0).tolist()   # R²'s float32 sums (train.tasks)
+    labels = {s: preprocess.apply(y, target_stats, field=field) for s, y in labels.items()}
   stream = streams(cfg, rows["train"])
   place = (lambda r: r) if stream else (lambda r: put(r.materialize()))
   return Dataset(cfg["name"], place(rows["train"]), put(labels["train"]), place(rows["test"]), put(labels["test"]),
                  place(rows["val"]) if "val" in rows else None, put(labels["val"]) if "val" in labels else None,
-                 num_classes, stats, classes=tuple(classes), streamed=stream)
+                 num_classes, stats, classes=tuple(classes), streamed=stream, task=task, target_stats=target_stats,
+                 features=tuple(features))
 
 
 def streams(cfg: Mapping[str, Any], train: Rows) -> bool:

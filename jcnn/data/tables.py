@@ -5,7 +5,8 @@ small next to images). Examples are feature vectors, stored as [N, 1, 1, D] floa
     data.path=FILE.csv                    one table, split by data.test_fraction (a fixed shuffle, the same per seed)
     data.path=DIR                         DIR/train.csv and DIR/test.csv (optionally DIR/val.csv)
 
-Classification targets are integers 0, 1, ... (jcnn.data.arrays.labels checks them).
+`data.target` names one column, or several comma-separated (a regression target of several values). Classification
+targets are integers 0, 1, ... (jcnn.data.dataset.targets checks them for the task).
 """
 from __future__ import annotations
 
@@ -15,13 +16,27 @@ import os
 
 import numpy as np
 
-from jcnn.data.arrays import labels
+from jcnn.data.arrays import class_count
 from jcnn.errors import DataError
 
 
+def read_features(path: str) -> tuple[np.ndarray, list[str]]:
+  """Every column of a CSV as float32 [N, D], with the header's names (inputs for a trained model's predict)."""
+  values, header = _numbers(path)
+  return values.astype(np.float32), header
+
+
 def read_table(path: str, target: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """-> (features [N, D] float32, target [N] float64, feature names). A missing column, a non-numeric or empty cell
-  is named by file, row (1 = the header) and column."""
+  """-> (features [N, D] float32, target [N] float64 ([N, T] for T comma-separated target columns), feature names).
+  A missing column, a non-numeric or empty cell is named by file, row (1 = the header) and column."""
+  values, header = _numbers(path, [t.strip() for t in target.split(",")])
+  t = [header.index(name) for name in [t.strip() for t in target.split(",")]]
+  features = np.delete(values, t, axis=1).astype(np.float32)
+  return features, values[:, t[0]] if len(t) == 1 else values[:, t], [h for i, h in enumerate(header) if i not in t]
+
+
+def _numbers(path: str, wanted: tuple | list = ()) -> tuple[np.ndarray, list[str]]:
+  """A CSV's cells as float64 [N, columns] and its header; `wanted` columns must be there."""
   try:
     with open(path, newline="") as f:
       rows = list(csv.reader(f))
@@ -30,10 +45,10 @@ def read_table(path: str, target: str) -> tuple[np.ndarray, np.ndarray, list[str
   if not rows:
     raise DataError(f"{path} is empty: the first row names the columns")
   header = [h.strip() for h in rows[0]]
-  if target not in header:
-    raise DataError(f"{path} has no column {target!r} (columns: {', '.join(header)}): set config.data.target to the "
-                    f"target column's name")
-  t = header.index(target)
+  for name in wanted:
+    if name not in header:
+      raise DataError(f"{path} has no column {name!r} (columns: {', '.join(header)}): set config.data.target to the "
+                      f"target column's name")
   values = np.empty((len(rows) - 1, len(header)), np.float64)
   for r, row in enumerate(rows[1:], start=2):
     if len(row) != len(header):
@@ -45,19 +60,20 @@ def read_table(path: str, target: str) -> tuple[np.ndarray, np.ndarray, list[str
       try:
         v = float(cell)
       except ValueError:
-        raise DataError(f"{path} row {r}, column {header[c]!r} is {cell!r}, not a number; encode it as numbers or "
-                        f"drop the column") from None
+        fix = ("targets are numbers: encode classes as 0, 1, ... (config.train.task=classify), or give real values "
+               "to regress" if header[c] in wanted else "encode it as numbers or drop the column")
+        raise DataError(f"{path} row {r}, column {header[c]!r} is {cell!r}, not a number; {fix}") from None
       if not math.isfinite(v):
         raise DataError(f"{path} row {r}, column {header[c]!r} is {cell!r}; give a finite number")
       values[r - 2, c] = v
   if len(values) == 0:
     raise DataError(f"{path} has a header but no rows")
-  features = np.delete(values, t, axis=1).astype(np.float32)
-  return features, values[:, t], [h for i, h in enumerate(header) if i != t]
+  return values, header
 
 
 def open_table(path: str, target: str, test_fraction: float = 0.2):
-  """-> ({'train' | 'test' | 'val': (features [N, 1, 1, D] float32, labels [N] int32)}, num_classes, feature names)."""
+  """-> ({'train' | 'test' | 'val': (features [N, 1, 1, D] float32, targets [N] or [N, T] float64)}, num_classes
+  (max + 1 of integer targets, else 0), feature names)."""
   if os.path.isdir(path):
     files = {s: os.path.join(path, f"{s}.csv") for s in ("train", "test", "val")}
     for s in ("train", "test"):
@@ -81,6 +97,5 @@ def open_table(path: str, target: str, test_fraction: float = 0.2):
     splits = {"train": (x[perm[k:]], y[perm[k:]]), "test": (x[perm[:k]], y[perm[:k]])}
   else:
     raise DataError(f"config.data.path={path!r} is neither a CSV file nor a folder with train.csv and test.csv")
-  out = {s: (x[:, None, None, :], labels(y, f"{path}: column {target!r}")) for s, (x, y) in splits.items()}
-  num_classes = int(max(y.max() for _, y in out.values())) + 1
-  return out, num_classes, names
+  out = {s: (x[:, None, None, :], y) for s, (x, y) in splits.items()}
+  return out, class_count([y for _, y in out.values()]), names

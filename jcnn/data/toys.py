@@ -28,6 +28,9 @@ Classification in the plane (2 classes, sizes n // 2 and n - n // 2, rows shuffl
   circles   class 0: radius 1 (the outer circle), class 1: radius CIRCLES_FACTOR = 0.5, angle ~ U(0, 2 pi)
   spirals   u ~ U(0, 1), angle = 2 pi SPIRALS_TURNS u (1.5 turns), class 0: u (cos angle, sin angle), class 1: the
             same turned by half a turn, -u (cos angle, sin angle): the classic two spirals, inside the unit disc
+  separable class 1 where x1 + x2 > 0: s = x1 + x2 ~ U(SEPARABLE_MARGIN, 2) (class 0: its negative) and
+            x1 - x2 ~ U(-1, 1): linearly separable with a margin of SEPARABLE_MARGIN (no noise is added: it would
+            break that), for logistic regression
 
 May import: numpy, jcnn.errors.
 """
@@ -47,6 +50,7 @@ SCALES_RANGES = ((0.0, 1.0), (0.0, 100.0), (1000.0, 5000.0))
 SCALES_STD = math.sqrt(sum((w * (hi - lo))**2 / 12 for w, (lo, hi) in zip(SCALES_W, SCALES_RANGES)))
 CIRCLES_FACTOR = 0.5
 SPIRALS_TURNS = 1.5
+SEPARABLE_MARGIN = 0.25
 
 # Truth tables: rows (a, b) in the order 00, 01, 10, 11 (`not`: 0, 1) -> the output.
 GATES = {
@@ -73,6 +77,7 @@ NAMES = {
     "moons": "2 classes: two interleaving half circles + noise",
     "circles": "2 classes: two concentric circles, radii 1 and 0.5, + noise",
     "spirals": "2 classes: two interleaved spirals + noise",
+    "separable": "2 classes on either side of x1 + x2 = 0 with a margin: logistic regression's problem",
 }
 REGRESSION = frozenset({"line", "sin", "poly", "surface", "scales"})
 
@@ -140,6 +145,10 @@ def _plane(name: str, n: int, noise: float, rng: np.random.Generator):
   elif name == "circles":
     a = rng.uniform(0.0, 2 * np.pi, n)
     x = np.where(y == 0, 1.0, CIRCLES_FACTOR)[:, None] * np.stack([np.cos(a), np.sin(a)], 1)
+  elif name == "separable":
+    side = np.where(y == 0, -1.0, 1.0) * rng.uniform(SEPARABLE_MARGIN, 2.0, n)   # x1 + x2
+    along = rng.uniform(-1.0, 1.0, n)                                               # x1 - x2
+    return (np.stack([side + along, side - along], 1) / 2).astype(np.float32), y
   else:
     u = rng.uniform(0.0, 1.0, n)
     a = 2 * np.pi * SPIRALS_TURNS * u

@@ -41,7 +41,8 @@ def load_trained(workdir: str, variant: int | None = None):
   from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top  (orbax: only for a trained run)
   trained = checkpoint.load_trained(workdir, variant)
   config = trained["config"]
-  return trained["model"], trained["variables"], data.load(config.data, seed=config.train.seed)
+  ds = data.load(config.data, seed=config.train.seed, task=config.train.get("task", "classify"))
+  return trained["model"], trained["variables"], ds
 
 
 def quick_convnet(train_steps: int = 938, seed: int = 0, params_cache: str = "", batch_size: int = 64):

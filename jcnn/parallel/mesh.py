@@ -15,6 +15,8 @@ Checkpoints restore into the current mesh's shardings, so a run saved on 4 devic
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import socket
@@ -139,16 +141,17 @@ def put_rows(x: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, local, shape)
 
 
-def load(cfg_data, mesh: Mesh, seed: int = 0, host: data_lib.Dataset | None = None) -> data_lib.Dataset:
+def load(cfg_data, mesh: Mesh, seed: int = 0, host: data_lib.Dataset | None = None,
+         task: str = "classify") -> data_lib.Dataset:
   """data.load placed on the mesh: images split over `data` (each process keeps only its devices' rows), labels
   replicated (they are small, and every process needs them to read the batch order). `host`: the same dataset
   already loaded with numpy arrays (a sweep's plan loads it first), so it is not read twice."""
-  host = host if host is not None else data_lib.load(cfg_data, seed=seed, put=np.asarray)
+  host = host if host is not None else data_lib.load(cfg_data, seed=seed, put=np.asarray, task=task)
   rows = lambda x: x if x is None or host.streamed else put_rows(x, mesh)   # streamed: Rows stay on the host
   labels = lambda y: None if y is None else put(y, replicated(mesh))
-  return data_lib.Dataset(host.name, rows(host.train_x), labels(host.train_y), rows(host.test_x), labels(host.test_y),
-                          rows(host.val_x), labels(host.val_y), host.num_classes, host.stats, host.classes,
-                          host.streamed)
+  return dataclasses.replace(host, train_x=rows(host.train_x), train_y=labels(host.train_y),
+                             test_x=rows(host.test_x), test_y=labels(host.test_y), val_x=rows(host.val_x),
+                             val_y=labels(host.val_y))
 
 
 def host(tree: Any) -> Any:

@@ -20,6 +20,7 @@ def default_sweep() -> ml_collections.ConfigDict:
   s.groups = ()
   s.max_chunk = 0
   s.strategy = "auto"   # auto (per backend and V) | vmap | map | unroll
+  s.tolerance = 0.0     # > 0: the table adds the steps until the ranking metric (RMSE / accuracy) reached it
   return s
 
 

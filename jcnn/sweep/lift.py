@@ -131,7 +131,7 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
   failed flag and step, final metrics, per-epoch curves, and parameters. On a mesh, each program's variants are
   padded to a multiple of `pad_to` (the variant axis it was planned for: see `padded`).
   """
-  ds = ds or data_lib.load(config.data, seed=config.train.seed)
+  ds = ds or data_lib.load(config.data, seed=config.train.seed, task=config.train.task)
   swept = list(swept if swept is not None else [a for a in AXES if len({str(v[a]) for v in variants}) > 1])
   k, per = (chunk, None) if chunk else variants_per_program(config, ds, len(variants), max_chunk, budget)
   gi, g = group

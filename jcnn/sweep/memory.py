@@ -37,7 +37,7 @@ def bytes_per_variant(model, image_shape, batch_size: int, n_params: int) -> int
 def variants_per_program(config, ds: data_lib.Dataset, n_variants: int, max_chunk: int = 0,
                          budget: int | None = None) -> tuple[int, int]:
   """(variants per program, estimated bytes per variant) for config's model on ds."""
-  model = models.get(config.model, num_classes=ds.num_classes)
+  model = models.get(config.model, num_classes=ds.outputs)
   n_params = summary.count_params(jax.eval_shape(
       lambda x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x), ds.train_x[:1])["params"])
   per = bytes_per_variant(model, ds.image_shape, config.train.batch_size, n_params)

@@ -1,18 +1,38 @@
-"""Sweep results: per-variant rows grouped over seeds into mean ± std, ranked on validation accuracy when there is a
-validation split, and a markdown table."""
+"""Sweep results: per-variant rows grouped over seeds into mean ± std, ranked on the task's metric (accuracy, or RMSE
+for regression) on the validation split when there is one, else the test split; and a markdown table."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_accuracy", "train_loss")
+METRICS = tuple(f"{s}_{m}" for s in ("val", "test", "train") for m in ("accuracy", "loss", "rmse", "mae", "r2"))
 
 
-def aggregate(results: list[dict], keys: Sequence[str]) -> list[dict]:
+def judged(rows_or_finals: Sequence[dict]) -> str:
+  """The metric a sweep is ranked by: 'rmse' for regression results, else 'accuracy'."""
+  return "rmse" if any(any(k.endswith("_rmse") or k.endswith("_rmse_mean") for k in r) for r in rows_or_finals) \
+      else "accuracy"
+
+
+def steps_to(curves: Sequence[dict], key: str, tolerance: float) -> float:
+  """The first epoch row's step at which `key` reaches `tolerance` (RMSE at or below, accuracy at or above); NaN if
+  it never does."""
+  below = key.endswith(("_rmse", "_mae", "_loss"))
+  for e in curves:
+    v = e.get(key)
+    if v is not None and np.isfinite(v) and (v <= tolerance if below else v >= tolerance):
+      return float(e["step"])
+  return float("nan")
+
+
+def aggregate(results: list[dict], keys: Sequence[str], tolerance: float = 0.0) -> list[dict]:
   """Groups variants by everything but the seed; mean ± std (ddof=1 where n > 1) of the final metrics; `rank` 1 is the
-  best mean val accuracy (test accuracy without a validation split). Failed variants are counted in `failed` and left
-  out of the statistics."""
+  best mean val accuracy (lowest val RMSE for regression; the test split's without a validation split). Failed
+  variants are counted in `failed` and left out of the statistics. `tolerance` > 0 adds `steps_to_mean` / `_std` over
+  the seeds that reached it (`reached`: how many) of the ranking metric reaching it."""
+  metric = judged([r["final"] for r in results])
+  split = "val" if any(f"val_{metric}" in r["final"] for r in results) else "test"
   groups: dict[tuple, list[dict]] = {}
   for r in results:
     groups.setdefault(tuple(r["hparams"][k] for k in keys), []).append(r)
@@ -25,24 +45,39 @@ def aggregate(results: list[dict], keys: Sequence[str]) -> list[dict]:
       if len(vals) or any(m in r["final"] for r in rs):
         row[f"{m}_mean"] = float(vals.mean()) if len(vals) else float("nan")
         row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    if tolerance > 0:
+      steps = np.asarray([steps_to(r.get("curves", []), f"{split}_{metric}", tolerance) for r in ok])
+      steps = steps[np.isfinite(steps)]
+      row.update(steps_to_mean=float(steps.mean()) if len(steps) else float("nan"),
+                 steps_to_std=float(steps.std(ddof=1)) if len(steps) > 1 else 0.0, reached=len(steps))
     rows.append(row)
-  by = "val_accuracy_mean" if any("val_accuracy_mean" in r for r in rows) else "test_accuracy_mean"
-  order = sorted(range(len(rows)), key=lambda i: -np.nan_to_num(rows[i].get(by, np.nan), nan=-1.0))
+  by, sign = f"{split}_{metric}_mean", (1.0 if metric == "rmse" else -1.0)
+  order = sorted(range(len(rows)), key=lambda i: sign * np.nan_to_num(rows[i].get(by, np.nan), nan=-sign * np.inf))
   for rank, i in enumerate(order, 1):
     rows[i]["rank"] = rank
   return rows
 
 
-def markdown_table(rows: list[dict], keys: Sequence[str]) -> str:
+def markdown_table(rows: list[dict], keys: Sequence[str], tolerance: float = 0.0) -> str:
   """Best first (by `rank`)."""
-  splits = [s for s in ("val", "test", "train") if f"{s}_accuracy_mean" in rows[0]]
-  head = "| rank | " + " | ".join(list(keys) + [f"{s} accuracy" for s in splits] + ["test loss", "seeds",
-                                                                                    "failed"]) + " |"
-  lines = [head, "|" + "---|" * (len(keys) + len(splits) + 4)]
+  metric = judged(rows)
+  splits = [s for s in ("val", "test", "train") if f"{s}_{metric}_mean" in rows[0]]
+  extra = [f"test {m}" for m in ("mae", "r2") if f"test_{m}_mean" in rows[0]]
+  steps = [f"steps to {'RMSE ≤' if metric == 'rmse' else 'accuracy ≥'} {tolerance:g}"] if "steps_to_mean" in rows[0] \
+      else []
+  head = "| rank | " + " | ".join(list(keys) + [f"{s} {metric}" for s in splits] + extra + ["test loss"] + steps +
+                                  ["seeds", "failed"]) + " |"
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  pm = lambda r, k: f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
   for r in sorted(rows, key=lambda r: r["rank"]):
     cells = [str(r["rank"])] + [str(r[k]) for k in keys]
-    cells += [f"{r[f'{s}_accuracy_mean']:.4f} ± {r[f'{s}_accuracy_std']:.4f}" for s in splits]
-    cells += [f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f}", str(r["seeds"]),
-              str(r["failed"]) if not r["failed"] else f"**{r['failed']}**"]
+    cells += [pm(r, f"{s}_{metric}") for s in splits] + [pm(r, f"test_{m}") for m in ("mae", "r2")
+                                                         if f"test_{m}_mean" in r]
+    cells += [pm(r, "test_loss")]
+    if steps:
+      cells += [(f"{r['steps_to_mean']:.0f} ± {r['steps_to_std']:.0f}" + (f" ({r['reached']} of {r['seeds']})"
+                                                                         if r["reached"] < r["seeds"] else ""))
+                if r["reached"] else "never"]
+    cells += [str(r["seeds"]), str(r["failed"]) if not r["failed"] else f"**{r['failed']}**"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -263,7 +263,7 @@ def load_trained(workdir: str, variant: int | None = None) -> dict:
 
   workdir: a run's or a sweep's workdir; `variant`: for a sweep, the line of variants.jsonl (0-based). Returns
   {'config' (the variant's own config), 'model', 'variables' ({'params', 'batch_stats'}), 'meta' (epoch rows, data:
-  num_classes, input shape and dtype, preprocessing statistics), 'hparams' (sweeps)}.
+  num_classes, outputs, task, input shape and dtype, preprocessing and target statistics), 'hparams' (sweeps)}.
   """
   import json  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -307,6 +307,6 @@ def load_trained(workdir: str, variant: int | None = None) -> dict:
   pick = (lambda t: jax.tree.map(lambda a: np.asarray(a)[j], t)) if j is not None else (lambda t: t)
   variables = {"params": pick(train["params"]), "batch_stats": pick(train.get("batch_stats") or {})}
   meta = restored["meta"]
-  model = models.get(config.model, num_classes=meta["data"]["num_classes"])
+  model = models.get(config.model, num_classes=meta["data"].get("outputs", meta["data"]["num_classes"]))
   return {"config": config, "model": model, "variables": variables, "meta": meta,
           "hparams": hparams["hparams"] if hparams else None, "step": step}

@@ -21,7 +21,7 @@ import numpy as np
 from jcnn import data as data_lib
 from jcnn.errors import Diverged, Interrupted
 from jcnn.parallel import mesh as mesh_lib
-from jcnn.train import checkpoint, writers
+from jcnn.train import checkpoint, tasks, writers
 from jcnn.train.program import Program, RunState
 
 # Steps queued at most on a CPU mesh of several devices: XLA:CPU's collectives over forced host devices stalled
@@ -58,11 +58,9 @@ def _main_thread() -> bool:
 
 
 def _means(sums, V: int | None = None) -> dict:
-  """Metric sums (scalars or [V]) -> {'loss', 'accuracy'} as floats or lists over variants (a collective when the
-  variants are split across processes)."""
-  s = mesh_lib.host(sums)
-  count = np.maximum(np.asarray(s["count"]), 1)
-  out = {"loss": np.asarray(s["loss_sum"]) / count, "accuracy": np.asarray(s["correct"]) / count}
+  """Metric sums (scalars or [V]) -> the task's metrics ({'loss', 'accuracy'} or {'loss', 'rmse', 'mae', 'r2'}) as
+  floats or lists over variants (a collective when the variants are split across processes)."""
+  out = tasks.means(mesh_lib.host(sums))
   if V is not None:   # a sweep's padding variants (see sweep.train_variants) are not reported
     out = {k: v[:V] for k, v in out.items()}
   return {k: v.tolist() for k, v in out.items()}
@@ -93,8 +91,10 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   writer.start(step)   # metrics.jsonl and TensorBoard keep the rows up to the restored step
 
   data_info = {"num_classes": ds.num_classes, "input_shape": list(ds.image_shape), "input_dtype": str(ds.train_x.dtype),
-               "preprocess": ds.stats, "classes": list(ds.classes)}
-  # ^ what inference needs: the model's input, the training split's statistics, the class names
+               "preprocess": ds.stats, "classes": list(ds.classes), "task": ds.task, "outputs": ds.outputs,
+               "target": ds.target_stats, "features": list(ds.features)}
+  # ^ what inference needs: the model's input, the training split's statistics, the class names, what the outputs
+  #   mean (the task, and for regression the target statistics that turn them back into the target's units)
 
   def save():
     if ckpt is not None:
@@ -128,7 +128,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
           rs = rs.replace(log_acc=jax.tree.map(jnp.copy, rs.acc))
           _check_diverged(rs, V, ckpt)
         progress.update(i + 1, lambda: {k: float(np.mean(v)) for k, v in _means(   # this process's variants
-            jax.tree.map(lambda a: a.sum(), mesh_lib.local(rs.acc))).items()})
+            jax.tree.map(lambda a: a if V is None else a.sum(0), mesh_lib.local(rs.acc))).items()})
         if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
           save()
         # Several processes stop together: they agree at each logging step (one process alone checks every step).
@@ -141,12 +141,11 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       progress.close()
 
       train_m = _means(rs.acc, V)
-      row = {"epoch": epoch, "step": step, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"]}
+      row = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train_m.items()}}
       for split in ("val", "test"):
         if getattr(ds, f"{split}_x") is None:
           continue
-        m = _means(evaluate(program, rs.train, split), V)
-        row[f"{split}_loss"], row[f"{split}_accuracy"] = m["loss"], m["accuracy"]
+        row.update({f"{split}_{k}": v for k, v in _means(evaluate(program, rs.train, split), V).items()})
       if V is not None:
         row["failed_at"] = mesh_lib.host(rs.failed_at)[:V].tolist()
       row["epoch_seconds"] = time.perf_counter() - t_epoch
@@ -157,7 +156,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
 
   if not history:  # epochs = 0: evaluate the initial model
     m = _means(evaluate(program, rs.train, "test"))
-    history.append({"epoch": 0, "step": 0, "test_loss": m["loss"], "test_accuracy": m["accuracy"]})
+    history.append({"epoch": 0, "step": 0, **{f"test_{k}": v for k, v in m.items()}})
   if ckpt is not None:
     ckpt.wait()
   return {"state": rs.train, "failed_at": mesh_lib.host(rs.failed_at), "history": history,

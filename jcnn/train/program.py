@@ -21,14 +21,14 @@ from jcnn import config as config_lib, data as data_lib, models
 from jcnn.data import stream
 from jcnn.errors import DataError
 from jcnn.parallel import mesh as mesh_lib
-from jcnn.train import optim, step as step_lib
+from jcnn.train import optim, step as step_lib, tasks
 
 
 class RunState(struct.PyTreeNode):
   """What the loop carries from step to step (and checkpoints). Sweeps: every leaf has a leading axis V."""
   train: step_lib.TrainState
   failed_at: jax.Array   # int32: the step count at which the loss or parameters went non-finite; -1 while healthy
-  acc: dict              # train metric sums since the epoch began ({'loss_sum', 'correct', 'count'})
+  acc: dict              # train metric sums since the epoch began (jcnn.train.tasks: {'loss_sum', 'correct', ...})
   log_acc: dict          # `acc` at the last train row (a train row reports acc - log_acc)
 
 
@@ -76,13 +76,14 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
   sample = ds.train_x[:1]
 
   def model_for(h):  # swept model fields are traced values; the others keep their static config value
-    return models.get(config.model, num_classes=ds.num_classes,
+    return models.get(config.model, num_classes=ds.outputs,
                       **{a.field: h[a.name] for a in axes if a.section == "model"})
 
   def keys_for(h):
     return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
 
   order_seed = config.data.order_seed   # >= 0: every variant's epochs come in the same order
+  task_args = {"task": ds.task, "target": ds.target_stats, "huber_delta": tc.huber_delta}
 
   def init(h):
     state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype)
@@ -90,7 +91,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     for a in axes:
       if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state
         opt_state = optim.set_hyperparam(opt_state, a.field, h[a.name])
-    zero = step_lib.zero_metrics()
+    zero = tasks.zero(ds.task, ds.outputs)
     return RunState(train=state.replace(opt_state=opt_state), failed_at=jnp.asarray(-1, jnp.int32), acc=zero,
                     log_acc=zero)
 
@@ -99,7 +100,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     loss_args = {a.field: h[a.name] if a in axes else config.train[a.field]
                  for a in config_lib.SWEEP_AXES if a.section == "train"}
     train_step = step_lib.make_train_step(model_for(h), tx, tc.loss, micro_batch=micro_batch, dtype=tc.dtype,
-                                           **loss_args)
+                                           **loss_args, **task_args)
     old = rs.train
     x = data_lib.augment(jax.random.fold_in(k_dropout, -1 - old.step), shard(images[idx]), config.data.augment)
     new, m = train_step(old, x, shard(labels[idx]), k_dropout)
@@ -115,7 +116,7 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     return rs.replace(train=kept, failed_at=failed_at, acc=acc)
 
   def evaluate(state, h, x, y, idx, mask):
-    eval_step = step_lib.make_eval_step(model_for(h), tc.loss, micro_batch, tc.dtype)
+    eval_step = step_lib.make_eval_step(model_for(h), tc.loss, micro_batch, tc.dtype, **task_args)
     return step_lib.eval_epoch(lambda s, xb, yb, m: eval_step(s, shard(xb), shard(yb), shard(m)), state, x, y, idx,
                                 mask)
 

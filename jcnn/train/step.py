@@ -25,21 +25,16 @@ import optax
 from flax import struct
 
 from jcnn import data as data_lib, models
-from jcnn.config import DTYPES, LOSSES
+from jcnn.config import DTYPES
 from jcnn.errors import ConfigError, ShapeError
 from jcnn.parallel import machine
+from jcnn.train import tasks
 from jcnn.train.optim import make_optimizer
+from jcnn.train.tasks import per_example_loss
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Losses: per-example values [B].
-def per_example_loss(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
-  if name == "cross_entropy":
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  if name == "mse":  # the softmax output against the one-hot target, as Keras' 'mse' on a softmax layer
-    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-    return jnp.mean((jax.nn.softmax(logits) - onehot) ** 2, axis=-1)
-  raise ConfigError(f"unknown loss {name!r}: set config.train.loss to one of {', '.join(LOSSES)}")
+# Losses and metric sums per task: jcnn/train/tasks.py (per_example_loss is re-exported here).
 
 
 def l2_penalty(params) -> jax.Array:
@@ -229,15 +224,19 @@ def _chunks(m: int, *arrays):
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy",
                     l2: float | jax.Array = 0.0, micro_batch: int = 0, dtype: str = "float32",
-                    loss_scale_period: int = LOSS_SCALE_PERIOD) -> Callable:
-  """Returns the pure step (state, x [B,...], y [B], rng) -> (state, metrics). Its dropout key is fold_in(rng, step).
+                    loss_scale_period: int = LOSS_SCALE_PERIOD, task: str = "classify", target: dict | None = None,
+                    huber_delta: float = 1.0) -> Callable:
+  """Returns the pure step (state, x [B,...], y [B] (regress: [B, T]), rng) -> (state, metric sums). Its dropout key
+  is fold_in(rng, step). `task`, `loss`, `huber_delta`: jcnn/train/tasks.py; `target`: the regression targets'
+  statistics (metrics in the target's units).
 
   The batch runs in chunks of `micro_batch_size(B, micro_batch)` examples (chunk c's dropout key: fold_in(key, c));
   their gradients add up to the batch-mean gradient and the optimizer updates once. With BatchNorm and an explicit
   micro_batch, each chunk normalises with its own statistics ("ghost" batch norm) and the running averages update
   once per chunk. `dtype` is the compute dtype ("Mixed precision" above); float16 needs a state from
   init_state(..., dtype="float16") and doubles its loss scale after `loss_scale_period` finite steps in a row."""
-  per_example_loss(loss, jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32))  # validate the name now, not inside jit
+  tasks.per_example_loss(loss, jnp.zeros((1, 2)), jnp.zeros((1, 2)) if task == "regress" else
+                         jnp.zeros((1,), jnp.int32), task)   # validate the names now, not inside jit
   cdtype = compute_dtype(dtype)
   mixed, scaled = cdtype != jnp.float32, cdtype == jnp.float16
 
@@ -253,25 +252,25 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
       logits, batch_stats = _apply(model, params, batch_stats, xc, True, r)
       if mixed:
         logits, batch_stats = logits.astype(jnp.float32), cast_floats(batch_stats, jnp.float32)
-      losses = per_example_loss(loss, logits, yc)   # [m]
+      losses = tasks.per_example_loss(loss, logits, yc, task, huber_delta)   # [m]
       objective = losses.sum() / B * state.loss_scale.scale if scaled else losses.sum() / B
-      return objective, (losses.sum(), (logits.argmax(-1) == yc).sum().astype(jnp.float32), batch_stats)
+      return objective, (tasks.sums(task, losses, logits, yc, target), batch_stats)
 
     grad_fn = jax.grad(chunk_loss, has_aux=True)
     m = micro_batch_size(B, micro_batch, bool(state.batch_stats))
     if m == B:
-      grads, (loss_sum, correct, batch_stats) = grad_fn(state.params, state.batch_stats, x, y, rng)
+      grads, (metrics, batch_stats) = grad_fn(state.params, state.batch_stats, x, y, rng)
     else:
       xs, ys = _chunks(m, x, y)                      # [B/m, m, ...]
 
       def body(carry, c):
-        g, ls, cor, bs = carry
+        g, ms, bs = carry
         xc, yc = take((xs, ys), c)
-        gc, (ls_c, cor_c, bs) = grad_fn(state.params, bs, xc, yc, jax.random.fold_in(rng, c))
-        return (jax.tree.map(jnp.add, g, gc), ls + ls_c, cor + cor_c, bs), None
+        gc, (ms_c, bs) = grad_fn(state.params, bs, xc, yc, jax.random.fold_in(rng, c))
+        return (jax.tree.map(jnp.add, g, gc), jax.tree.map(jnp.add, ms, ms_c), bs), None
 
-      zero = (jax.tree.map(jnp.zeros_like, state.params), jnp.zeros(()), jnp.zeros(()), state.batch_stats)
-      (grads, loss_sum, correct, batch_stats), _ = jax.lax.scan(body, zero, jnp.arange(B // m))
+      zero = (jax.tree.map(jnp.zeros_like, state.params), tasks.zero(task, y.shape[-1]), state.batch_stats)
+      (grads, metrics, batch_stats), _ = jax.lax.scan(body, zero, jnp.arange(B // m))
     if scaled:
       grads = jax.tree.map(lambda g: g / state.loss_scale.scale, grads)
     if not (isinstance(l2, (int, float)) and l2 == 0):
@@ -283,16 +282,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
       finite = all_finite(grads)
       new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, state).replace(
           step=new_state.step, loss_scale=update_loss_scale(state.loss_scale, finite, loss_scale_period))
-    metrics = {"loss_sum": loss_sum, "correct": correct, "count": jnp.asarray(B, jnp.float32)}
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: int = 0,
-                   dtype: str = "float32") -> Callable:
+                   dtype: str = "float32", task: str = "classify", target: dict | None = None,
+                   huber_delta: float = 1.0) -> Callable:
   """(state, x, y, mask) -> metric sums over the examples where mask is True (in chunks, as the train step; exact for
-  every model: evaluation uses BatchNorm's running statistics). `dtype`: the compute dtype, as the train step's."""
+  every model: evaluation uses BatchNorm's running statistics). `dtype`, `task`, `target`: as the train step's."""
   cdtype = compute_dtype(dtype)
 
   def sums(state, x, y, mask):
@@ -302,9 +301,7 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: i
       logits, _ = _apply(model, cast_floats(state.params, cdtype), state.batch_stats, cast_floats(x, cdtype), False,
                          None)
       logits = logits.astype(jnp.float32)
-    m = mask.astype(jnp.float32)
-    return {"loss_sum": (per_example_loss(loss, logits, y) * m).sum(),
-            "correct": ((logits.argmax(-1) == y) * m).sum(), "count": m.sum()}
+    return tasks.sums(task, tasks.per_example_loss(loss, logits, y, task, huber_delta), logits, y, target, mask)
 
   def eval_step(state: TrainState, x, y, mask):
     m = micro_batch_size(x.shape[0], micro_batch)
@@ -312,17 +309,15 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: i
       return sums(state, x, y, mask)
     chunks = _chunks(m, x, y, mask)
     body = lambda acc, c: (jax.tree.map(jnp.add, acc, sums(state, *take(chunks, c))), None)
-    return jax.lax.scan(body, zero_metrics(), jnp.arange(x.shape[0] // m))[0]
+    return jax.lax.scan(body, tasks.zero(task, y.shape[-1]), jnp.arange(x.shape[0] // m))[0]
 
   return eval_step
 
 
 def summarize(metrics) -> dict:
-  """Sums -> means. Works on host dicts of floats."""
+  """Sums -> means as floats: {'loss', 'accuracy' (or 'rmse', 'mae', 'r2'), 'count'}."""
   m = jax.device_get(metrics)
-  count = float(m["count"])
-  return {"loss": float(m["loss_sum"]) / max(count, 1), "accuracy": float(m["correct"]) / max(count, 1),
-          "count": count}
+  return {k: float(v) for k, v in tasks.means(m).items()} | {"count": float(m["count"])}
 
 
 def evaluate(model: nn.Module, state: TrainState, x: jax.Array, y: jax.Array, batch_size: int = 1000,
@@ -333,8 +328,8 @@ def evaluate(model: nn.Module, state: TrainState, x: jax.Array, y: jax.Array, ba
   return summarize(eval_step(state, x, y, jnp.asarray(idx), jnp.asarray(mask)))
 
 
-def zero_metrics(shape=()) -> dict:
-  return {k: jnp.zeros(shape) for k in ("loss_sum", "correct", "count")}
+def zero_metrics(shape=(), task: str = "classify", target_dim: int = 1) -> dict:
+  return tasks.zero(task, target_dim, shape)
 
 
 def eval_epoch(eval_step, state, x, y, idx, mask) -> dict:
@@ -344,7 +339,8 @@ def eval_epoch(eval_step, state, x, y, idx, mask) -> dict:
     i, m = im
     return jax.tree.map(jnp.add, acc, eval_step(state, x[i], y[i], m)), None
 
-  return jax.lax.scan(body, zero_metrics(), (idx, mask))[0]
+  zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_step, state, x[idx[0]], y[idx[0]], mask[0]))
+  return jax.lax.scan(body, zero, (idx, mask))[0]
 
 
 def _jit_eval_epoch(eval_step):

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-SCALARS = ("loss", "accuracy")
+SCALARS = ("loss", "accuracy", "rmse", "mae", "r2")   # every metric a task reports (jcnn.train.tasks.METRICS)
+SHORT = {"accuracy": "acc"}
 
 
 def run_record() -> dict:
@@ -59,8 +60,8 @@ class Progress:
     now = self.last = time.perf_counter()
     rate = (done - self.offset) / max(now - self.t0, 1e-9)
     eta = (self.total - done) / max(rate, 1e-9)
-    line = (f"{self.prefix} {done}/{self.total} steps | {rate:.1f} steps/s | ETA {eta:.0f}s | "
-            f"loss {m['loss']:.4f} acc {m['accuracy']:.4f}")
+    line = (f"{self.prefix} {done}/{self.total} steps | {rate:.1f} steps/s | ETA {eta:.0f}s | " +
+            " ".join(f"{SHORT.get(k, k)} {m[k]:.4f}" for k in SCALARS[:3] if k in m))
     print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
     return m
 
@@ -130,14 +131,14 @@ class Writer:
     self.log.flush()
 
   def train(self, row: dict):
-    """{'step', 'epoch', 'loss', 'accuracy'} since the last train row (lists over variants in a sweep)."""
-    self._write(dict(row, kind="train"), {"loss": "train/loss", "accuracy": "train/accuracy"})
+    """{'step', 'epoch', 'loss', 'accuracy' (or 'rmse', 'mae', 'r2')} since the last train row (lists over variants
+    in a sweep)."""
+    self._write(dict(row, kind="train"), {m: f"train/{m}" for m in SCALARS})
 
   def epoch(self, row: dict, epochs: int):
     """{'epoch', 'step', 'train_loss', ..., 'val_*', 'test_*', 'epoch_seconds'}: file rows and the console line."""
-    self._write(dict(row, kind="epoch"), {f"{s}_{m}": f"{s}/{m}" for s in ("train", "val", "test") for m in SCALARS
-                                          if s != "train"} | {"train_loss": "epoch/train_loss",
-                                                              "train_accuracy": "epoch/train_accuracy"})
+    self._write(dict(row, kind="epoch"), {f"{s}_{m}": f"{s}/{m}" for s in ("val", "test") for m in SCALARS} |
+                {f"train_{m}": f"epoch/train_{m}" for m in SCALARS})
     print(epoch_line(row, epochs), flush=True)
 
   def close(self):
@@ -155,8 +156,10 @@ def epoch_line(row: dict, epochs: int) -> str:
       return f"{v:.4f}"
     ok = [x for x, f in zip(v, row.get("failed_at", [-1] * len(v))) if f < 0] or [float("nan")]
     return f"{np.mean(ok):.4f} ({min(ok):.4f}-{max(ok):.4f})"
-  parts = [f"train loss {fmt('train_loss')} acc {fmt('train_accuracy')}"]
-  parts += [f"{s} acc {fmt(f'{s}_accuracy')}" for s in ("val", "test") if f"{s}_accuracy" in row]
+  judged = "accuracy" if "train_accuracy" in row else "rmse"   # the task's metric (jcnn.train.tasks.primary)
+  parts = [f"train loss {fmt('train_loss')} {SHORT.get(judged, judged)} {fmt(f'train_{judged}')}"]
+  parts += [f"{s} {SHORT.get(judged, judged)} {fmt(f'{s}_{judged}')}" for s in ("val", "test") if f"{s}_{judged}" in row]
+  parts += [f"test r2 {fmt('test_r2')}"] if "test_r2" in row else []
   failed = sum(f >= 0 for f in row["failed_at"]) if isinstance(row.get("failed_at"), list) else 0
   return (f"epoch {row['epoch']}/{epochs}: " + " | ".join(parts) + (f" | {failed} failed" if failed else "") +
           f" | {row['epoch_seconds']:.1f}s")

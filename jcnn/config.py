@@ -111,7 +111,7 @@ TASKS = ("classify", "binary", "regress")
 LOSSES = ("cross_entropy", "mse", "mae", "huber")
 TASK_LOSSES = {"classify": ("cross_entropy", "mse"), "binary": ("cross_entropy", "mse"),   # what fits each task
                "regress": ("mse", "mae", "huber")}
-PREPROCESS = ("scale", "standardize", "minmax", "center", "none")
+PREPROCESS = ("scale", "standardize", "minmax", "mean_norm", "center", "log", "arctan", "ratio", "none")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
 DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train/step.py, "Mixed precision")
 
@@ -159,8 +159,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                               "between steps; -1 = auto: half the cores for >= 20,000 image files)"),
         "order_seed": Field(-1, integer(-1), "the epoch order's seed (-1 = train.seed); a sweep whose variants share "
                                              "it reads each streamed batch once"),
-        "preprocess": Field("scale", choice(*PREPROCESS), "pixels / 255, then per-channel statistics of the "
-                                                          "training split: standardize, minmax, center, or none"),
+        "preprocess": Field("scale", choice(*PREPROCESS), "pixels / 255, then per channel (training-split "
+                                                          "statistics): standardize (z-score), minmax [0, 1], "
+                                                          "mean_norm [-1, 1], center, log (> 0), arctan (-1, 1), "
+                                                          "ratio (x / max|x|), or none"),
         "val_size": Field(0, integer(0), "examples held out of the training split for validation"),
         "train_limit": Field(0, integer(0), "use only the first N training examples (0 = all)"),
         "test_limit": Field(0, integer(0), "use only the first N test examples (0 = all)"),

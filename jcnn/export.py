@@ -6,7 +6,7 @@
 
 `predict` applies what training applied, with the statistics saved in the run's checkpoint (the training split's
 mean/std or min/max; never recomputed from the inputs): uint8 pixels are divided by 255 (floats are taken as already in
-[0, 1]), then standardised / min-max scaled / centred per channel as config.data.preprocess says, then zero-padded by
+[0, 1]), then transformed per channel as config.data.preprocess says (jcnn.data.preprocess.apply), then zero-padded by
 config.data.pad. Images may come at the dataset's size (before padding) or at the model's. Token models (TextCNN) take
 integer ids as they are.
 
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcnn.data.preprocess import apply as apply_preprocessing
 from jcnn.data.sources import CLASS_NAMES
 from jcnn.errors import UserError
 from jcnn.train import tasks
@@ -59,18 +60,15 @@ def predictor(model, variables, *, preprocess: dict | None = None, pad: int = 0,
   tokens = np.issubdtype(np.dtype(input_dtype), np.integer)
   raw_shape = input_shape if tokens or not pad else (input_shape[0] - 2 * pad, input_shape[1] - 2 * pad) + \
       input_shape[2:]
-  shift = jnp.asarray(stats.get("shift", 0.0), jnp.float32)
-  div = jnp.asarray(stats.get("div", 1.0), jnp.float32)
+  unit = {**stats, "scale": 1.0}   # prepare divides uint8 by 255 itself (floats are taken as already in [0, 1])
 
   def prepare(images):
     if tokens:
       return images
     x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-    if stats["method"] not in ("scale", "none"):
-      x = (x - shift) / div                              # the training split's statistics, per channel
-    if pad and x.shape[1:] == raw_shape:
+    if pad and x.shape[1:] == raw_shape:   # zeros padded before the statistics apply, as training pads raw images
       x = jnp.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
-    return x
+    return apply_preprocessing(x, unit, xp=jnp)         # the training split's statistics, per channel
 
   def predict(images):
     return tasks.predictions(task, model.apply(variables, prepare(images), train=False), target)

@@ -19,7 +19,8 @@ from jcnn.data.augment import augment
 from jcnn.data.batches import epoch_batches, eval_batches
 from jcnn.data.dataset import Dataset, load, load_text, open_source
 from jcnn.data.folder import write_folder
-from jcnn.data.preprocess import preprocess, tokenize
+from jcnn.data import preprocess   # the module (fit, apply, inverse)
+from jcnn.data.preprocess import tokenize
 from jcnn.data.rows import Rows
 from jcnn.data.sources import (DEBIAN_DIRS, IDX_FILES, TEXT_DATASETS, TFDS_NAMES, idx_dirs, load_idx, load_raw,
                                load_tfds, read_idx, synthetic, synthetic_text)

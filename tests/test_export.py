@@ -18,6 +18,7 @@ from PIL import Image
 from experiments import fashion_convnet
 from jcnn import export, models
 from jcnn.experiment import run_sweep, train_and_evaluate
+from jcnn.train import checkpoint
 
 ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed (pip install -e '.[export]')")
 
@@ -57,8 +58,10 @@ def test_predict_reuses_the_training_statistics(tmp_path):
 
 
 def test_predict_pads_like_training(tmp_path):
+  """Zeros are padded before the standardisation, as training pads the raw images (lenet5_mnist's recipe): the
+  border the model sees is (0 - mean) / std, not 0."""
   c = fashion_convnet.get_config()
-  c.data.name, c.data.synthetic_size, c.data.pad = "synthetic", (32, 8), 2
+  c.data.name, c.data.synthetic_size, c.data.pad, c.data.preprocess = "synthetic", (32, 8), 2, "standardize"
   c.model = type(c.model)({"name": "lenet5", "activation": "tanh", "dropout_rate": 0.0, "init_scale": 1.0})
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 8
   out = train_and_evaluate(c, str(tmp_path / "run"))
@@ -66,7 +69,10 @@ def test_predict_pads_like_training(tmp_path):
   assert p.raw_shape == (28, 28, 1) and p.input_shape == (32, 32, 1)
   x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
   padded = np.pad(x / 255.0, [(0, 0), (2, 2), (2, 2), (0, 0)])
-  want = probs(models.get(c.model, num_classes=10), {"params": out["state"].params}, padded)
+  stats = checkpoint.load_trained(str(tmp_path / "run"))["meta"]["data"]["preprocess"]
+  assert stats["method"] == "standardize" and abs(stats["shift"][0]) > 0.1     # the border is far from 0
+  want = probs(models.get(c.model, num_classes=10), {"params": out["state"].params},
+               (padded - stats["shift"][0]) / stats["div"][0])
   np.testing.assert_allclose(np.asarray(p.predict(x)), want, atol=1e-5)
 
 

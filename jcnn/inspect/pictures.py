@@ -67,16 +67,17 @@ def draw(panels: Sequence[tuple[str, Any, dict, Any]], path: str) -> str:
   pad = lambda lo, hi: (lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
   for ax, (title, model, variables, ds) in zip(axes.flat, panels):
     x, y = data_points(ds)
+    dot = 40 if len(x) <= 64 else 6   # a truth table's 4 points, or a cloud
     lo0, hi0 = pad(x[:, 0].min(), x[:, 0].max())
     if x.shape[1] == 1:
       grid = np.linspace(lo0, hi0, GRID, dtype=np.float32)[:, None]          # [G, 1]
       out = answer(model, variables, ds, grid)
       if ds.task == "regress":
-        ax.scatter(x[:, 0], y[:, 0], s=6, alpha=0.5, color="tab:blue", label="data")
+        ax.scatter(x[:, 0], y[:, 0], s=dot, alpha=0.5, color="tab:blue", label="data")
         ax.plot(grid[:, 0], out[:, 0], color="tab:red", lw=2, label="model")
       else:
         ax.plot(grid[:, 0], out[:, 1], color="tab:red", lw=2, label="P(class 1)")
-        ax.scatter(x[:, 0], y, s=12, c=y, cmap="coolwarm", edgecolors="k", linewidths=0.3)
+        ax.scatter(x[:, 0], y, s=dot, c=y, cmap="coolwarm", edgecolors="k", linewidths=0.3)
     else:
       lo1, hi1 = pad(x[:, 1].min(), x[:, 1].max())
       g0, g1 = np.meshgrid(np.linspace(lo0, hi0, GRID), np.linspace(lo1, hi1, GRID))
@@ -90,7 +91,7 @@ def draw(panels: Sequence[tuple[str, Any, dict, Any]], path: str) -> str:
       if ds.task != "regress" and out.shape[1] == 2:
         ax.contour(g0, g1, field.reshape(g0.shape), levels=[0.5], colors="k", linewidths=1)
       colours = y[:, 0] if ds.task == "regress" else y
-      ax.scatter(x[:, 0], x[:, 1], s=8, c=colours, cmap=cmap, edgecolors="k", linewidths=0.3)
+      ax.scatter(x[:, 0], x[:, 1], s=dot, c=colours, cmap=cmap, edgecolors="k", linewidths=0.3)
     ax.set_title(title, fontsize=8)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")

@@ -52,7 +52,8 @@ def aggregate(results: list[dict], keys: Sequence[str], tolerance: float = 0.0) 
                  steps_to_std=float(steps.std(ddof=1)) if len(steps) > 1 else 0.0, reached=len(steps))
     rows.append(row)
   by, sign = f"{split}_{metric}_mean", (1.0 if metric == "rmse" else -1.0)
-  order = sorted(range(len(rows)), key=lambda i: sign * np.nan_to_num(rows[i].get(by, np.nan), nan=-sign * np.inf))
+  value = lambda i: rows[i].get(by, np.nan)
+  order = sorted(range(len(rows)), key=lambda i: np.inf if np.isnan(value(i)) else sign * value(i))   # NaN: last
   for rank, i in enumerate(order, 1):
     rows[i]["rank"] = rank
   return rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax

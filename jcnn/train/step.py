@@ -339,8 +339,9 @@ def eval_epoch(eval_step, state, x, y, idx, mask) -> dict:
     i, m = im
     return jax.tree.map(jnp.add, acc, eval_step(state, x[i], y[i], m)), None
 
-  zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(eval_step, state, x[idx[0]], y[idx[0]], mask[0]))
-  return jax.lax.scan(body, zero, (idx, mask))[0]
+  batch = lambda a: jax.ShapeDtypeStruct(idx.shape[1:] + a.shape[1:], a.dtype)   # one batch's shape, no ops
+  shapes = jax.eval_shape(eval_step, state, batch(x), batch(y), jax.ShapeDtypeStruct(mask.shape[1:], mask.dtype))
+  return jax.lax.scan(body, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes), (idx, mask))[0]
 
 
 def _jit_eval_epoch(eval_step):

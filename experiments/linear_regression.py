@@ -6,6 +6,9 @@ y = 2 x - 1 that generated the data (jcnn.data.toys, LINE_W and LINE_B), through
 1024 noisy points x ~ U(-1, 1), the zoo's `mlp` with no hidden layer (config.model.hidden = ()), task regress, loss
 mse, SGD lr 0.1, batch 32, 20 epochs. Writes coefficients.json (the learnt w and b beside the generator's) next to
 results.json and fit.png (the line over the data).
+
+Measured (2-core AMD EPYC, 2026-12-02, 34 s): learnt y = 2.0044 x - 1.0049 (the generator's: 2 x - 1), test RMSE
+0.0957 (the noise's std: 0.1).
 """
 import json
 import os

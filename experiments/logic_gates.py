@@ -9,6 +9,10 @@ truth table itself, so test accuracy is the share of the 4 rows (2 for NOT) the 
 zoo's `mlp` with config.model.hidden = () (no hidden layer: one sigmoid neuron, config.train.task=binary), (2,) or
 (4,) tanh units; Adam lr 0.05, batch 16, 100 epochs (400 steps). Results: summary.md (the table), boundary.png (each
 variant's decision boundary over the truth table), accuracy_vs_group.png, curves.png.
+
+Measured (2-core AMD EPYC, 2026-12-02, 2.5 min): one neuron: AND, OR, NAND, NOR, NOT 100% for 3 of 3 seeds, XOR
+58% ± 14% (it cannot); XOR with 4 hidden units 100% (3 of 3); with 2 units 92% ± 14% (2 of 3 seeds: the third stops
+at 75%, a local minimum of the 2-unit net).
 """
 from jcnn import config
 

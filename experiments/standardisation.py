@@ -13,6 +13,12 @@ features of very different scales (jcnn.data.toys `scales`: quality in [0, 1], a
 
 SGD lr 0.01, batch 32, 40 epochs of 1024 examples, 3 seeds. The table (summary.md) has the final test RMSE and R² in
 the target's units and the steps until the test RMSE first reached 10 (noise std: 4.1).
+
+Measured (2-core AMD EPYC, 2026-12-02, 38 s; test RMSE mean ± std over 3 seeds, steps to RMSE <= 10):
+  1 none           diverged in 3 of 3 seeds
+  2 train only     RMSE 187,914 ± 40, R² -5.5e6, never within 10
+  3 train stats    RMSE 4.052 ± 0.003, R² 0.9975, 224 ± 0 steps
+  4 + targets      RMSE 4.052 ± 0.003, R² 0.9975, 107 ± 37 steps
 """
 from jcnn import config
 

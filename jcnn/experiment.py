@@ -47,6 +47,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       variables = {"params": out["state"].params, "batch_stats": out["state"].batch_stats}
       _pictures(workdir, [(config.name or config.model.name, model, variables, ds)])
       writers.write_run(workdir, results)
+      if "weights" in results:
+        print(f"weights: kernel {results['weights']['kernel']}, bias {results['weights']['bias']}")
       print(f"results: {os.path.join(workdir, 'results.json')}")
   return {"results": results, "state": out["state"], "history": out["history"]}
 
@@ -68,11 +70,15 @@ def _results(config, ds, out: dict, mesh) -> dict:
   steps_per_epoch = len(ds.train_y) // config.train.batch_size
   timed = [h for h in history if "epoch_seconds" in h]
   train_s = sum(h["epoch_seconds"] for h in timed)
-  return {"experiment": config.name, "model": config.model.name, "dataset": config.data.name,
-          "params": summary.count_params(out["state"].params), "epochs": config.train.epochs,
-          "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
-          "train_images_per_second": steps_per_epoch * config.train.batch_size * len(timed) / max(train_s, 1e-9),
-          "mesh": mesh_lib.describe(mesh)}
+  results = {"experiment": config.name, "model": config.model.name, "dataset": config.data.name,
+             "params": summary.count_params(out["state"].params), "epochs": config.train.epochs,
+             "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
+             "train_images_per_second": steps_per_epoch * config.train.batch_size * len(timed) / max(train_s, 1e-9),
+             "mesh": mesh_lib.describe(mesh)}
+  params = out["state"].params
+  if set(params) == {"head"}:   # one layer (a neuron; linear or logistic regression): its weights are the answer
+    results["weights"] = {k: np.asarray(mesh_lib.host(v)).tolist() for k, v in params["head"].items()}
+  return results
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_single_run_resumes_bit_identical(uninterrupted, tmp_path, monkeypatch):
   trained = checkpoint.load_trained(workdir)          # what inference and inspection load
   assert trained["step"] == 15 and same_tree(trained["variables"]["params"], ref["state"].params)
   assert trained["meta"]["data"] == {"num_classes": 10, "input_shape": [20, 20, 1], "input_dtype": "float32",
-                                     "preprocess": {"method": "scale", "scale": 255.0}, "classes": []}
+                                     "preprocess": {"method": "scale", "scale": 255.0}, "classes": [],
+                                     "task": "classify", "outputs": 10, "target": None, "features": []}
 
 
 def test_sweep_resumes_bit_identical(tmp_path, monkeypatch):

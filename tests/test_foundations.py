@@ -213,3 +213,15 @@ def test_regression_run_resumes_to_the_same_numbers(tmp_path, capsys):
                                                     {"epoch_seconds": again["results"]["final"]["epoch_seconds"]})
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), again["state"].params,
                once["state"].params)
+
+
+def test_linear_regression_recovers_the_generators_line(tmp_path):
+  """The experiment's recipe (5 of its 20 epochs): one neuron's weights, in results.json, are w and b of y = 2x - 1."""
+  from experiments import linear_regression  # pylint: disable=g-import-not-at-top
+  from jcnn.data import toys  # pylint: disable=g-import-not-at-top
+  c = linear_regression.get_config()
+  c.train.epochs = 5
+  train_and_evaluate(c, str(tmp_path / "lin"))
+  with open(tmp_path / "lin" / "results.json") as f:
+    weights = json.load(f)["weights"]
+  assert abs(weights["kernel"][0][0] - toys.LINE_W) < 1e-2 and abs(weights["bias"][0] - toys.LINE_B) < 1e-2

@@ -76,10 +76,10 @@ def test_a_dying_worker_stops_the_run_with_one_line_and_keeps_its_checkpoint(in_
   batch = first.train_x.index[order[2]]                                   # the source's rows of that batch
 
   def dying(cfg):
-    splits, k, names = real(cfg)
+    splits, k, names, features = real(cfg)
     x, y = splits["train"]
     splits["train"] = (Dying(x, batch, os.getpid()), y)
-    return splits, k, names
+    return splits, k, names, features
 
   with monkeypatch.context() as m:
     m.setattr(dataset_lib, "open_source", dying)

@@ -410,7 +410,7 @@ TINY_MODEL = {"densenet_bc100": "densenet_tiny", "vgg11_cifar": "vgg_tiny", "res
 
 def _offline(cfg) -> bool:
   name = cfg.data.name
-  return name == "synthetic" or any(sources._find(d, sources.IDX_FILES["train"][0])  # pylint: disable=protected-access
+  return name == "synthetic" or name.startswith("toy:") or any(sources._find(d, sources.IDX_FILES["train"][0])  # pylint: disable=protected-access
                                     for d in data_lib.idx_dirs(name, cfg.data.get("data_dir", "")))
 
 
@@ -458,6 +458,10 @@ def test_experiment_one_step(name, tmp_path):
       rows = [json.loads(line) for line in f]
     # The grid of get_sweep() is the grid that ran: one variant per value of the swept axis (one seed), in order,
     # every other axis at the config's value.
+    if not sweep.swept_axes(s):   # a sweep over groups only (the foundations): one variant per group, in order
+      assert [r["hparams"]["group"] for r in rows] == list(s.groups) and len(summary_rows) == len(rows)
+      assert all(math.isfinite(r["final"]["test_loss"]) for r in rows)
+      return
     (axis,) = sweep.swept_axes(s)
     assert [r["hparams"][axis] for r in rows] == list(module.get_sweep()[axis]) and len(summary_rows) == len(rows)
     assert all(r["hparams"]["seed"] == c.train.seed and not r["failed"] for r in rows)
@@ -488,7 +492,9 @@ def test_experiment_one_step(name, tmp_path):
     rows = [json.loads(line) for line in f]
   assert [r["kind"] for r in rows] == ["train", "epoch"] and rows[1]["step"] == 1     # one step; log_every 1
   assert results["experiment"] == name and results["epochs"] == 1
-  assert results["final"]["step"] == 1 and 0.0 <= results["final"]["test_accuracy"] <= 1.0
+  judged = "test_rmse" if c.train.task == "regress" else "test_accuracy"
+  assert results["final"]["step"] == 1 and 0.0 <= results["final"][judged] <= (np.inf if c.train.task == "regress"
+                                                                              else 1.0)
   assert math.isfinite(results["final"]["test_loss"]) and results["params"] == out["results"]["params"] > 0
   assert int(out["state"].step) == 1
   with pytest.raises(ConfigError, match="already holds a finished run"):

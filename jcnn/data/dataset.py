@@ -121,7 +121,7 @@ def targets(splits: dict, num_classes: int, task: str, what: str) -> tuple[dict,
         raise DataError(f"{what}: the {s} targets are {y.dtype} values; regression targets are numbers")
       out[s] = (x, y.reshape(len(y), -1).astype(np.float32))   # [N, T]
     return out, 0
-  out = {s: (x, arrays.labels(np.asarray(y), f"{what}: {s} label")) for s, (x, y) in splits.items()}
+  out = {s: (x, arrays.labels(np.asarray(y), f"{what}: y_{s}")) for s, (x, y) in splits.items()}
   k = max(num_classes, arrays.class_count([y for _, y in out.values()]))
   if task == "binary" and k > 2:
     raise DataError(f"config.train.task=binary needs the classes 0 and 1, but {what} has {k} classes; set "

@@ -140,7 +140,10 @@ def _pictures(workdir: str, panels: list) -> None:
   panels = [p for p in panels if pictures.drawable(p[3])]
   if not panels:
     return
-  path = pictures.draw(panels, os.path.join(workdir, pictures.name_for(panels[0][3])))
+  try:
+    path = pictures.draw(panels, os.path.join(workdir, pictures.name_for(panels[0][3])))
+  except ImportError:   # matplotlib (a dependency) missing: the run's results still land, as write_run's plots do
+    return
   writers.tb_images(os.path.join(workdir, "tb", "pictures"), [path])
   print(f"picture: {path}", flush=True)
 

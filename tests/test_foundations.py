@@ -163,6 +163,9 @@ CASES = {
                             "config.data.preprocess=log needs values > 0"),
     "target transform, classify": (["--experiment=binary_classification", "--config.data.target_preprocess=minmax"],
                                    "set config.data.target_preprocess=none (or config.train.task=regress)"),
+    "a convnet on vectors": (["--experiment=fashion_convnet", "--config.data.name=toy:moons"],
+                             "feature vectors [1, 1, D] (tables, toy:NAME) go to Dense-only models: set "
+                             "config.model.name=mlp"),
     "cross-entropy for regress": (["--experiment=linear_regression", "--config.train.loss=cross_entropy"],
                                   "config.train.loss=cross_entropy does not fit config.train.task=regress: set "
                                   "config.train.loss to one of mse, mae, huber"),

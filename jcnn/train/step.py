@@ -118,7 +118,10 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
                                                                     sample_x[:1])
   except (ValueError, TypeError) as e:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ShapeError(f"{type(model).__name__} cannot take input of shape {tuple(sample_x.shape[1:])}: {msg}") from None
+    hint = ("; feature vectors [1, 1, D] (tables, toy:NAME) go to Dense-only models: set config.model.name=mlp"
+            if tuple(sample_x.shape[1:3]) == (1, 1) else "")
+    raise ShapeError(f"{type(model).__name__} cannot take input of shape {tuple(sample_x.shape[1:])}: {msg}{hint}") \
+        from None
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params),

@@ -65,6 +65,20 @@ def require_torch():
   pytest.skip("torch is not installed: pip install -e '.[dev]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
 
 
+def require_onnxruntime():
+  """onnxruntime (the [export] extra), to run exported files. As torch: a skip, or a failure under
+  JCNN_REQUIRE_TORCH=1 (`make test`, `.ci/run`: their set-up installs the extras)."""
+  try:
+    import onnxruntime  # pylint: disable=g-import-not-at-top
+    return onnxruntime
+  except ImportError as e:
+    error = str(e)
+  if os.environ.get("JCNN_REQUIRE_TORCH") == "1":
+    pytest.fail(f"JCNN_REQUIRE_TORCH=1 but onnxruntime cannot be imported ({error}): pip install -e '.[dev]' (it "
+                "includes [export])", pytrace=False)
+  pytest.skip("onnxruntime is not installed: pip install -e '.[export]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
+
+
 @pytest.fixture
 def idx_dataset():
   return write_idx_dataset

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 import launch
+from conftest import require_onnxruntime
 from jcnn import config as config_lib, export, sweep
 from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn.inspect import pictures
 from jcnn.train import checkpoint
-
-ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed (pip install -e '.[export]')")
 
 
 def write_csv(path, header, rows):
@@ -93,7 +92,7 @@ def test_regression_predictions_metrics_and_onnx_in_the_target_units(regression_
   np.testing.assert_allclose(printed, want, rtol=1e-5)
   # ONNX: the preprocessing and the inverse target transform inside the graph; run by onnxruntime alone.
   path = export.to_onnx(p, os.path.join(workdir, "model.onnx"))
-  sess = ort.InferenceSession(path)
+  sess = require_onnxruntime().InferenceSession(path)
   onnx_out = sess.run(["values"], {"features": test[:, None, None, :2].astype(np.float32)})[0]
   np.testing.assert_allclose(onnx_out, want, rtol=0, atol=1e-4)
 

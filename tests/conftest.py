@@ -1,5 +1,6 @@
 """Shared test set-up: the repo root on sys.path, quiet TensorFlow, and a writer for tiny IDX datasets."""
 import gzip
+import importlib
 import os
 import struct
 import sys
@@ -50,33 +51,26 @@ def write_idx_dataset(folder, train_x, train_y, test_x, test_y, gz: bool = True)
   return str(folder)
 
 
-def require_torch():
-  """torch, for the cross-checks against a second implementation. Without it the test skips, unless
-  JCNN_REQUIRE_TORCH=1 (set by `make test` and `.ci/run`, whose set-up installs torch): then a missing torch is a
+def require(module: str, extra: str):
+  """An optional dependency (torch for the cross-checks, onnxruntime for exported files). Without it the test skips,
+  unless JCNN_REQUIRE_TORCH=1 (set by `make test` and `.ci/run`, whose set-up installs every extra): then it is a
   failure of the set-up, reported as one, not a silent skip."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top
-    return torch
+    return importlib.import_module(module)
   except ImportError as e:
     error = str(e)
   if os.environ.get("JCNN_REQUIRE_TORCH") == "1":
-    pytest.fail(f"JCNN_REQUIRE_TORCH=1 but torch cannot be imported ({error}): pip install -e '.[dev]' (it includes "
-                "[bench], torch CPU)", pytrace=False)
-  pytest.skip("torch is not installed: pip install -e '.[dev]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
+    pytest.fail(f"JCNN_REQUIRE_TORCH=1 but {module} cannot be imported ({error}): pip install -e '.[dev]' (it includes "
+                f"[{extra}])", pytrace=False)
+  pytest.skip(f"{module} is not installed: pip install -e '.[{extra}]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
+
+
+def require_torch():
+  return require("torch", "bench")
 
 
 def require_onnxruntime():
-  """onnxruntime (the [export] extra), to run exported files. As torch: a skip, or a failure under
-  JCNN_REQUIRE_TORCH=1 (`make test`, `.ci/run`: their set-up installs the extras)."""
-  try:
-    import onnxruntime  # pylint: disable=g-import-not-at-top
-    return onnxruntime
-  except ImportError as e:
-    error = str(e)
-  if os.environ.get("JCNN_REQUIRE_TORCH") == "1":
-    pytest.fail(f"JCNN_REQUIRE_TORCH=1 but onnxruntime cannot be imported ({error}): pip install -e '.[dev]' (it "
-                "includes [export])", pytrace=False)
-  pytest.skip("onnxruntime is not installed: pip install -e '.[export]' (JCNN_REQUIRE_TORCH=1 makes this a failure)")
+  return require("onnxruntime", "export")
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ EXPERIMENT ?= fashion_convnet
 ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data run test test-fast bench
+.PHONY: setup data browser run test test-fast bench docs
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# `make run` needs only jcnn itself; `make test` installs [dev] (pytest, hypothesis, tensorboard, TFDS, torch, export).
+# `make run` needs only jcnn itself; `make test` installs [dev] (pytest, hypothesis, tensorboard, TFDS, torch, export, docs).
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install -q -e .
 	touch $@
@@ -27,7 +27,14 @@ data:
 	  || echo "warning: could not apt-get install dataset-fashion-mnist; set JCNN_DATA_DIR to a folder of IDX files"; \
 	fi
 
-setup: $(VENV)/.installed data
+# Debian's chromium: tests/test_docs.py opens the built site in it, headless (no browser is downloaded at run time).
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium) \
+	  || echo "warning: could not apt-get install chromium; tests/test_docs.py needs it"; \
+	fi
+
+setup: $(VENV)/.installed data browser
 
 run: $(VENV)/.installed-run data
 	$(BIN)/python launch.py --experiment=$(EXPERIMENT) $(ARGS)
@@ -40,6 +47,10 @@ test: setup
 
 test-fast: setup
 	JCNN_REQUIRE_TORCH=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The documentation site, strict: a broken link, anchor or API reference fails the build. Open site/index.html.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # The PyTorch comparison (CPU wheel): optional, never a runtime dependency.
 bench: setup

@@ -127,7 +127,7 @@ def main(argv=None):
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; machine: {machine.describe(rec)}")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"machine": rec, "rows": rows, "windows": args.windows, "torch_threads": threads}, f, indent=2)
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "rows": rows, "windows": args.windows, "torch_threads": threads}, f, indent=2)
     print(f"wrote {args.out}")
 
 

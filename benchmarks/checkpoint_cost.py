@@ -76,7 +76,7 @@ def main():
     with open(args.out, "w") as f:
       rec = machine.record()
       print(f"machine: {machine.describe(rec)}")
-      json.dump({"machine": rec, "rows": rows, "saves": args.saves, "record": writers.run_record()}, f, indent=2)
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "rows": rows, "saves": args.saves, "record": writers.run_record()}, f, indent=2)
     print(f"wrote {args.out}")
 
 

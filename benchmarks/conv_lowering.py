@@ -132,7 +132,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
       rec = machine.record()
       print(f"machine: {machine.describe(rec)}")
-      json.dump({"machine": rec, "batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
                  "jax": jax.__version__}, f, indent=2)
     print(f"wrote {args.out}")
 

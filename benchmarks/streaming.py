@@ -171,7 +171,7 @@ def main():
   ap.add_argument("--skip_memory", action="store_true")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
-  results = {"machine": machine.record(), "date": time.strftime("%Y-%m-%d"), "cases": []}
+  results = {"command": machine.command_line(), "machine": machine.record(), "date": time.strftime("%Y-%m-%d"), "cases": []}
   for case in args.models.split(","):
     model, batch, shape, n = case.split(":")
     batch, n, shape = int(batch), int(n), tuple(int(s) for s in shape.split("x"))

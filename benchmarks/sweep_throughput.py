@@ -107,7 +107,7 @@ def main():
             f"ratio {row['ratio']:.2f} | compile {compile_s:.1f}s", flush=True)
   rec = machine.record()
   print(f"machine: {machine.describe(rec)}")
-  result = {"machine": rec, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,
+  result = {"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,
             "windows": args.windows, "single_compile_s": single_compile, "rows": rows, "jax": jax.__version__}
   if args.out:
     with open(args.out, "w") as f:

@@ -379,7 +379,7 @@ def main(argv=None):
   print(f"machine: {machine.describe(rec)} (median over windows)")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": rows, "skipped": skipped, "machine": rec, "record": writers.run_record(),
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "rows": rows, "skipped": skipped, "machine": rec, "record": writers.run_record(),
                  "torch_threads": torch_threads,
                  "windows": windows, "window_s": window_s}, f, indent=2)
     print(f"wrote {args.out}")

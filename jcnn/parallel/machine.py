@@ -17,6 +17,7 @@ import concurrent.futures
 import functools
 import json
 import os
+import sys
 import time
 from typing import Callable
 
@@ -103,6 +104,12 @@ def record(matmul: float | None = None) -> dict:
   import jaxlib  # pylint: disable=g-import-not-at-top
   return cpu() | {"matmul_gflops": round(matmul if matmul is not None else matmul_gflops(), 1),
                   "jax": jax.__version__, "jaxlib": jaxlib.__version__, "backend": jax.default_backend()}
+
+
+def command_line() -> str:
+  """The command that is running, as a benchmark JSON records it ("command"): the docs' tables print it."""
+  script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+  return " ".join(["python", script, *sys.argv[1:]])
 
 
 def describe(rec: dict) -> str:

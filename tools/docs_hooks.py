@@ -1,0 +1,129 @@
+"""mkdocs hooks: the site's generated tables. A page holds a marker, an HTML comment that GitHub does not show, and
+the build replaces it with a table read from the code or from a benchmark's JSON file, so nothing there is retyped:
+
+  <!-- table: config -->                      every config field: key, default, allowed values, meaning (jcnn.config.SCHEMA)
+  <!-- table: sweep-axes -->                  the hyperparameters a sweep may vary (jcnn.config.SWEEP_AXES)
+  <!-- table: experiments -->                 experiments/*.py with their descriptions
+  <!-- table: throughput FILE.json -->        benchmarks/throughput.py's rows
+  <!-- table: sweep FILE.json -->             benchmarks/sweep_throughput.py's rows
+  <!-- table: scaling FILE.json -->           benchmarks/scaling.py's rows
+
+A benchmark table ends with a line naming the CPU (or GPU) and the command, read from the JSON's `machine` and
+`command` keys; a JSON file without them fails the build, as does an unknown marker.
+"""
+import importlib
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = re.compile(r"<!-- table: ([\w-]+)(?: (\S+))? -->")
+
+
+def on_page_markdown(markdown, page, config, files):  # pylint: disable=unused-argument
+  """mkdocs calls this for every page: each marker → its table."""
+  return MARKER.sub(lambda m: render(m.group(1), m.group(2)), markdown)
+
+
+def render(kind: str, path: str | None) -> str:
+  if kind in ("config", "sweep-axes", "experiments"):
+    return {"config": config_table, "sweep-axes": axes_table, "experiments": experiments_table}[kind]()
+  if kind not in BENCH or not path:
+    raise ValueError(f"unknown table marker {kind!r} {path!r} (tools/docs_hooks.py lists the kinds)")
+  with open(os.path.join(ROOT, path)) as f:
+    d = json.load(f)
+  if "command" not in d or "machine" not in d:
+    raise ValueError(f"{path} lacks 'command' or 'machine': a table must name the command and the machine")
+  head, rows = BENCH[kind](d)
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+  return "\n".join(lines) + f"\n\n*{machine(d['machine'])}; `{d['command']}` → `{path}`.*\n"
+
+
+def machine(m) -> str:
+  """The machine's name from a JSON's record: CPU model, cores, matmul rate; or the GPU's name."""
+  if isinstance(m, str):
+    return m
+  name = m.get("gpu") or m.get("model_name") or m.get("cpu") or "unknown machine"
+  bits = [name]
+  if m.get("family"):
+    bits.append(f"family {m['family']} model {m.get('model')}")
+  if m.get("cores"):
+    bits.append(f"{m['cores']} cores")
+  if m.get("matmul_gflops"):
+    bits.append(f"{float(m['matmul_gflops']):.0f} matmul GFLOP/s")
+  if m.get("date"):
+    bits.append(m["date"])
+  return ", ".join(bits)
+
+
+def _num(x, digits=0):
+  return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def throughput_rows(d):
+  head = ["model", "batch", "jcnn train img/s", "PyTorch train img/s", "train ratio", "jcnn eval img/s",
+          "PyTorch eval img/s", "eval ratio", "compile s"]
+  rows = []
+  for r in d["rows"]:
+    ips, ratio = r["images_per_s"], r["ratio_jcnn_over_torch"]
+    rows.append([r["model"], r["batch"], _num(ips["jcnn_train"]), _num(ips.get("torch_train")),
+                 f"**{ratio['train']:.2f}**" if ratio.get("train") else "-", _num(ips.get("jcnn_eval")),
+                 _num(ips.get("torch_eval")), f"{ratio['eval']:.2f}" if ratio.get("eval") else "-",
+                 f"{r['compile_train_s']:.1f}"])
+  return head, rows
+
+
+def sweep_rows(d):
+  head = ["variants V", "strategy", "sweep img/s (per model)", "V sequential runs img/s", "**sweep / sequential**",
+          "compile s"]
+  return head, [[r["V"], r["strategy"], _num(r["sweep_model_images_per_s"]), _num(r["sequential_model_images_per_s"]),
+                 f"**{r['ratio']:.2f}**", f"{r['compile_s']:.1f}"] for r in d["rows"]]
+
+
+def scaling_rows(d):
+  head = ["axis", "devices", "mesh", "img/s", "compile s"]
+  return head, [[r["axis"], r["devices"], r["mesh"], _num(r["images_per_second"]), f"{r['compile_seconds']:.1f}"]
+                for r in d["rows"]]
+
+
+BENCH = {"throughput": throughput_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+
+
+def _jcnn():
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  return importlib.import_module("jcnn.config")
+
+
+def config_table() -> str:
+  config = _jcnn()
+  lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+  for section, fields in config.SCHEMA.items():
+    for name, f in fields.items():
+      key = f"{section}.{name}" if section else name
+      allowed = (f.check(object()) or "").removeprefix("must be ") if f.check else "any"
+      cells = [f"`{key}`", f"`{f.default!r}`", allowed, f.doc]
+      lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def axes_table() -> str:
+  config = _jcnn()
+  lines = ["| `--sweep.` name | config field it varies | carried as |", "|---|---|---|"]
+  for a in config.SWEEP_AXES:
+    lines.append(f"| `{a.name}` | `{a.key}` | {a.dtype} |")
+  return "\n".join(lines) + "\n"
+
+
+def experiments_table() -> str:
+  if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+  lines = ["| experiment | what it runs | sweep |", "|---|---|---|"]
+  for name in sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments"))
+                     if f.endswith(".py") and not f.startswith("_")):
+    module = importlib.import_module(f"experiments.{name}")
+    desc = module.get_config().get("description", "")
+    lines.append(f"| `{name}` | {desc.replace('|', '/')} | {'yes' if hasattr(module, 'get_sweep') else ''} |")
+  return "\n".join(lines) + "\n"

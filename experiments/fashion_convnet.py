@@ -4,8 +4,8 @@
   python launch.py --experiment=fashion_convnet --config.train.epochs=1 --config.data.train_limit=2000   # quick
 
 The Keras recipe (RMSprop lr 1e-3, batch 64, 5 epochs, pixels scaled to [0, 1]): the schema's defaults
-(jcnn/config.py documents every field). Measured: 90.81% test accuracy (seed 0; 90.45 ± 0.23% over 5 seeds), ~15 s
-per epoch on a 2-core CPU.
+(jcnn/config.py documents every field). Measured: 90.77% test accuracy (seed 0, `make run` in a fresh clone, 2-core
+AMD EPYC; CPUs round differently, 90.81% on another kind), 90.37 ± 0.25% over 5 seeds (docs/ablations/fashion_convnet_5seeds.md).
 """
 from jcnn import config
 

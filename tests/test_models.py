@@ -41,7 +41,7 @@ COUNTS = [
     # By hand: a 20,000 x 128 embedding, 1-d convs of windows 3/4/5 (w * 128 + 1) * 100, a 300 -> 2 head.
     ("textcnn", {}, (400,), 20_000 * 128 + sum((w * 128 + 1) * 100 for w in (3, 4, 5)) + 300 * 2 + 2),
 ]
-# The README's zoo table gives these two exactly.
+# docs/zoo.md's table gives these two exactly.
 assert COUNTS[-2][3] == 9_228_362 and COUNTS[-1][3] == 2_714_502
 
 
@@ -78,17 +78,17 @@ def test_cifar_resnet_depths_by_hand():
             for d in (20, 32, 44, 56, 110)}
   for d, c in counts.items():
     assert c == cifar_resnet_params((d - 2) // 6), d
-  assert counts[20] == 269_722 and counts[110] == 1_727_962          # the README's zoo table (He et al.: 0.27M, 1.7M)
+  assert counts[20] == 269_722 and counts[110] == 1_727_962          # docs/zoo.md's table (He et al.: 0.27M, 1.7M)
   assert round(counts[56] / 1e6, 2) == 0.85                          # He et al.'s Table 6: 0.85M
 
 
-def test_readme_zoo_table_counts():
-  """Every parameter count in the README's zoo table is a count asserted in this file."""
+def test_docs_zoo_table_counts():
+  """Every parameter count in docs/zoo.md's table is a count asserted in this file."""
   import os  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:
+  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "zoo.md")) as f:
     readme = f.read()
-  table = readme[readme.index("## Model zoo"):readme.index("## Sweeps")]
+  table = readme[:readme.index("## Parameter counts and FLOPs")]
   readme_counts = {int(n.replace(",", "")) for row in table.splitlines() if row.startswith("| `")
                    for n in re.findall(r"\d{1,3}(?:,\d{3})+", row.split("|")[3])}
   asserted = {c[3] for c in COUNTS} | {cifar_resnet_params(3), cifar_resnet_params(18), 93_322}

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The floors, bottom first: a module may import its own package and the floors below its own. The README's
+# The floors, bottom first: a module may import its own package and the floors below its own. docs/contributing.md's
 # architecture table lists the same floors in the same order (checked below).
 FLOORS = ("jcnn.errors", "jcnn.nn", "jcnn.models", "jcnn.config", "jcnn.data", "jcnn.parallel", "jcnn.train",
           "jcnn.inspect", "jcnn.sweep", "jcnn.experiment", "jcnn.export", "jcnn.cli")
@@ -153,11 +153,15 @@ def test_every_package_says_what_it_holds_and_may_import():
     assert "May import" in doc, f"jcnn/{pkg}/__init__.py: its docstring must say what it may import"
 
 
-def test_readme_architecture_lists_the_floors_in_order():
-  readme = open(os.path.join(ROOT, "README.md")).read()
-  section = readme[readme.index("## Architecture"):]
+def test_docs_architecture_lists_the_floors_in_order():
+  """docs/contributing.md's architecture table, and the README's one-line chain of floors."""
+  page = open(os.path.join(ROOT, "docs", "contributing.md")).read()
+  section = page[page.index("## Architecture"):]
   rows = re.findall(r"^\| `jcnn/([a-z_]+)(?:/|\.py)`", section, re.M)   # the table's first column, top floor first
   assert [f"jcnn.{r}" for r in reversed(rows)] == list(FLOORS)
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  chain = re.search(r"`errors` → .*? → `cli`", readme, re.S).group(0)
+  assert [f"jcnn.{n}" for n in re.findall(r"`(\w+)`", chain)] == list(FLOORS)
 
 
 def test_launch_is_thin():

@@ -7,6 +7,7 @@ the build replaces it with a table read from the code or from a benchmark's JSON
   <!-- table: throughput FILE.json -->        benchmarks/throughput.py's rows
   <!-- table: sweep FILE.json -->             benchmarks/sweep_throughput.py's rows
   <!-- table: scaling FILE.json -->           benchmarks/scaling.py's rows
+  <!-- table: precision FILE.json -->         benchmarks/throughput.py --dtype=...: each dtype against float32
 
 A benchmark table ends with a line naming the CPU (or GPU) and the command, read from the JSON's `machine` and
 `command` keys; a JSON file without them fails the build, as does an unknown marker.
@@ -38,7 +39,8 @@ def render(kind: str, path: str | None) -> str:
   head, rows = BENCH[kind](d)
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return "\n".join(lines) + f"\n\n*{machine(d['machine'])}; `{d['command']}` → `{path}`.*\n"
+  date = f", {d['date']}" if d.get("date") else ""
+  return "\n".join(lines) + f"\n\n*{machine(d['machine'])}{date}; `{d['command']}` → `{path}`.*\n"
 
 
 def machine(m) -> str:
@@ -53,8 +55,6 @@ def machine(m) -> str:
     bits.append(f"{m['cores']} cores")
   if m.get("matmul_gflops"):
     bits.append(f"{float(m['matmul_gflops']):.0f} matmul GFLOP/s")
-  if m.get("date"):
-    bits.append(m["date"])
   return ", ".join(bits)
 
 
@@ -75,6 +75,18 @@ def throughput_rows(d):
   return head, rows
 
 
+def precision_rows(d):
+  head = ["model", "batch", "dtype", "train img/s", "train vs float32", "eval img/s", "eval vs float32"]
+  rows = []
+  for r in d["rows"]:
+    ips, first = r["images_per_s"], r["dtype"]
+    rows.append([r["model"], r["batch"], first, _num(ips["jcnn_train"]), "1", _num(ips["jcnn_eval"]), "1"])
+    for dt, ratio in r["ratio_over_first_dtype"].items():
+      rows.append([r["model"], r["batch"], dt, _num(ips[f"jcnn_train@{dt}"]), f"**{ratio['train']:.2f}**",
+                   _num(ips[f"jcnn_eval@{dt}"]), f"{ratio['eval']:.2f}"])
+  return head, rows
+
+
 def sweep_rows(d):
   head = ["variants V", "strategy", "sweep img/s (per model)", "V sequential runs img/s", "**sweep / sequential**",
           "compile s"]
@@ -88,7 +100,7 @@ def scaling_rows(d):
                 for r in d["rows"]]
 
 
-BENCH = {"throughput": throughput_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+BENCH = {"throughput": throughput_rows, "precision": precision_rows, "sweep": sweep_rows, "scaling": scaling_rows}
 
 
 def _jcnn():

@@ -63,7 +63,8 @@ def to_arrays(root: str, out: str, image_size=(), channels: int = 0) -> dict:
   return counts
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+  """The command line of `python -m jcnn.data` (tests/test_docs.py checks the docs' commands against it)."""
   parser = argparse.ArgumentParser(prog="python -m jcnn.data", description=__doc__.split("\n\n")[0])
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("to-folder", help="write a built-in dataset as PNG class folders")
@@ -77,7 +78,11 @@ def main(argv=None) -> int:
   a.add_argument("--out", required=True, help="a new or empty folder")
   a.add_argument("--image_size", default="", help="H,W to resize to (bilinear), as config.data.image_size")
   a.add_argument("--channels", type=int, default=0, choices=(0, 1, 3), help="as config.data.channels")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
   try:
     if args.command == "to-arrays":
       size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else ()

@@ -7,7 +7,7 @@ hand-computed values and a plain reference loop). Tolerance: 1e-5 absolute on pa
 The sharded programs sum the same float32 numbers in another order (a batch's gradient as a cross-device all-reduce
 of per-device sums, BatchNorm's statistics likewise), so they agree to float rounding, not bit for bit: measured
 1e-8 to 1e-7 here. Longer runs drift apart: once a rounding-level difference meets a discrete event (a ReLU or
-max-pool tie), training amplifies it (docs/scaling.md has the per-step figures). A looser bound would hide a real error (a per-device BatchNorm mean, a variant trained on another
+max-pool tie), training amplifies it. A looser bound would hide a real error (a per-device BatchNorm mean, a variant trained on another
 variant's batches: 1e-3 to 1e-1 after these steps); a tighter one would test float summation order.
 """
 import json
@@ -132,8 +132,8 @@ def test_data_parallel_run_matches_one_device(runs):
 def test_batchnorm_uses_the_global_batch_under_data_parallelism(runs):
   """4 steps of resnet_tiny. Per-device statistics (8 examples each; the same as micro_batch=8 on one device) move
   the running statistics by 0.26 after 16 steps; global ones agree to 1e-7 after 4 steps (measured). Later, a
-  rounding-level difference meets a discrete event (a ReLU or max-pool tie) and BatchNorm amplifies it: 2e-5 at step
-  8, 2e-4 at step 16 (docs/scaling.md), which is why this test stops at 4 steps."""
+  rounding-level difference meets a discrete event (a ReLU or max-pool tie) and BatchNorm amplifies it (by orders of
+  magnitude within 16 steps when this test was written), which is why this test stops at 4 steps."""
   one, four = state(runs("bn_1")[0]), state(runs("bn_4")[0])
   assert one["batch_stats"], "resnet_tiny has BatchNorm"
   assert max_diff(one["batch_stats"], four["batch_stats"]) < TOL

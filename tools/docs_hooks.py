@@ -7,6 +7,7 @@ the build replaces it with a table read from the code or from a benchmark's JSON
   <!-- table: throughput FILE.json -->        benchmarks/throughput.py's rows
   <!-- table: sweep FILE.json -->             benchmarks/sweep_throughput.py's rows
   <!-- table: scaling FILE.json -->           benchmarks/scaling.py's rows
+  <!-- table: probe FILE.json -->             benchmarks/chunk_probe.py: what the per-machine chunk probe costs
   <!-- table: precision FILE.json -->         benchmarks/throughput.py --dtype=...: each dtype against float32
 
 A benchmark table ends with a line naming the CPU (or GPU) and the command, read from the JSON's `machine` and
@@ -87,6 +88,12 @@ def precision_rows(d):
   return head, rows
 
 
+def probe_rows(d):
+  head = ["batch", "probe wall time (median)", "range", "chunk chosen"]
+  return head, [[r["batch"], f"{r['median_s']:.1f} s", f"{min(r['seconds']):.1f}-{max(r['seconds']):.1f} s",
+                 ", ".join(str(c) for c in r["chunks_chosen"])] for r in d["rows"]]
+
+
 def sweep_rows(d):
   head = ["variants V", "strategy", "sweep img/s (per model)", "V sequential runs img/s", "**sweep / sequential**",
           "compile s"]
@@ -100,7 +107,7 @@ def scaling_rows(d):
                 for r in d["rows"]]
 
 
-BENCH = {"throughput": throughput_rows, "precision": precision_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+BENCH = {"throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
 
 
 def _jcnn():

@@ -207,7 +207,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "every_steps": Field(0, integer(0), "also save every N steps (0 = only at epoch ends and at the end)"),
         "keep": Field(2, integer(1), "checkpoints kept (the newest)"),
     },
-    "mesh": {   # jax.sharding.Mesh axes over the devices (README "Several devices and hosts"); 0 = automatic
+    "mesh": {   # jax.sharding.Mesh axes over the devices (docs/devices.md); 0 = automatic
         "variant": Field(0, integer(0), "devices along a sweep's variant axis (each trains its share of the "
                                         "variants; 0 = all devices for sweeps, 1 for single runs)"),
         "data": Field(0, integer(0), "devices along the data axis (each variant's batch split across them, gradients "

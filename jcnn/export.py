@@ -263,7 +263,7 @@ def to_onnx(p: Predictor, path: str) -> str:
     proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=[input_name(p)], output_names=[output_name(p)])
   except Exception as e:  # pylint: disable=broad-except
     raise ExportError(f"jax2onnx could not convert {type(p.model).__name__} ({str(e).strip().splitlines()[0][:200]})"
-                      f"; see the README's export table") from None
+                      f"; see docs/inference.md's export table") from None
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
     f.write(proto.SerializeToString())

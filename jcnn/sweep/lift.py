@@ -23,7 +23,7 @@ from jcnn.train import checkpoint, loop, program as program_lib, step as step_li
 
 
 def default_strategy(n_variants: int = 1) -> str:
-  """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py; README has the table).
+  """How V variants run inside one program, per backend (benchmarks/sweep_throughput.py; docs/sweeps.md has the table).
   GPU/TPU: 'vmap' — one batched program: 6.9x the sequential model-images/s at V=16 on an H100.
   CPU: 'map' — a loop over the variants in one program, compiled in ~8 s whatever V: 0.98-1.03x the sequential rate at
   V = 1-16 on 2 cores, against 1.01-1.08x for 'unroll' (compile 30 s at V=16) and 0.74-0.95x for 'vmap'."""

@@ -248,3 +248,13 @@ def test_site_builds_strict_and_renders_in_chromium(tmp_path):
     assert 0.02 < dark.mean() < 0.6, (page, dark.mean())              # neither blank nor one colour
     rows_with_ink = (dark[100:].mean(axis=1) > 0.005).mean()          # below the header: lines of text
     assert rows_with_ink > 0.2, (page, rows_with_ink)
+
+
+def test_readme_is_short_and_its_links_resolve():
+  """The README is read in two minutes; the site's strict build checks docs/' links, this checks the README's."""
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  assert len(readme.splitlines()) <= 150
+  links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+  assert len(links) >= 10
+  missing = [link for link in links if not link.startswith("http") and not os.path.exists(os.path.join(ROOT, link))]
+  assert not missing, missing

@@ -1,5 +1,5 @@
 """mkdocs hooks: the site's generated tables. A page holds a marker, an HTML comment that GitHub does not show, and
-the build replaces it with a table read from the code or from a benchmark's JSON file, so nothing there is retyped:
+the build replaces it (a marker alone on its line) with a table read from the code or from a benchmark's JSON file, so nothing there is retyped:
 
   <!-- table: config -->                      every config field: key, default, allowed values, meaning (jcnn.config.SCHEMA)
   <!-- table: sweep-axes -->                  the hyperparameters a sweep may vary (jcnn.config.SWEEP_AXES)
@@ -20,7 +20,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MARKER = re.compile(r"<!-- table: ([\w-]+)(?: (\S+))? -->")
+MARKER = re.compile(r"^<!-- table: ([\w-]+)(?: (\S+))? -->$", re.M)   # alone on its line
 
 
 def on_page_markdown(markdown, page, config, files):  # pylint: disable=unused-argument

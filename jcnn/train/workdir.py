@@ -170,8 +170,8 @@ def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = No
                       f"can write")
   free = shutil.disk_usage(existing).free
   if free < MIN_FREE_BYTES:
-    raise ConfigError(f"--workdir {workdir}: only {free / 2**20:.0f} MiB free on its disk ({MIN_FREE_BYTES / 2**20:.0f} "
-                      f"MiB needed for checkpoints and logs); free some space or pass a folder on another disk")
+    raise ConfigError(f"--workdir {workdir}: only {free // 2**20} MiB free on its disk ({MIN_FREE_BYTES // 2**20} MiB "
+                      f"needed for checkpoints and logs); free some space or pass a folder on another disk")
   return False
 
 

@@ -101,12 +101,78 @@ def test_input_shape_that_does_not_fit(tmp_path):
   assert not (tmp_path / "w" / "config.json").exists()
 
 
-def test_finished_workdir_is_not_overwritten(tmp_path):
-  workdir = tmp_path / "run"
+# `make run` installs jcnn alone (`pip install -e .`): none of the extras' packages, nor the tests'.
+NO_EXTRAS = ("torch", "tensorflow", "tensorflow_datasets", "onnx", "onnxruntime", "jax2onnx", "tensorboard", "pytest",
+             "hypothesis")
+# launch.py with those packages made impossible to import, as if not installed: every finder on sys.meta_path is
+# wrapped to find nothing by those names, so `import` raises ModuleNotFoundError and importlib.util.find_spec says None
+# (a finder that raised instead would break libraries that probe with find_spec: orbax does). At exit it prints which
+# of them got into sys.modules anyway.
+WITHOUT_EXTRAS = """
+import json, runpy, sys
+BLOCKED = set(json.loads(sys.argv[1]))
+
+class NotInstalled:
+  def __init__(self, finder):
+    self.finder = finder
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED or not hasattr(self.finder, "find_spec"):
+      return None
+    return self.finder.find_spec(name, path, target)
+  def invalidate_caches(self):
+    getattr(self.finder, "invalidate_caches", lambda: None)()
+
+sys.meta_path[:] = [NotInstalled(f) for f in sys.meta_path]
+try:
+  import hypothesis
+except ModuleNotFoundError:
+  print("blocker: on", flush=True)
+sys.argv = ["launch.py"] + sys.argv[2:]
+code = 0
+try:
+  runpy.run_path("launch.py", run_name="__main__")
+except SystemExit as e:
+  code = e.code
+print("imported anyway: " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)), flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_without_extras(tmp_path_factory):
+  """A tiny run through launch.py (a subprocess) that cannot import any extra: (process, workdir, its arguments)."""
+  workdir = tmp_path_factory.mktemp("bare") / "run"
   args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.train.epochs=1",
           "--config.data.train_limit=32", "--config.data.test_limit=32", "--config.train.batch_size=32",
           f"--workdir={workdir}"]
-  first = launch(*args)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, json.dumps(NO_EXTRAS), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  return proc, workdir, args
+
+
+def test_a_run_needs_none_of_the_extras(finished_without_extras):
+  proc, workdir, _ = finished_without_extras
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "blocker: on" in proc.stdout and "imported anyway: []" in proc.stdout, proc.stdout[-2000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["final"]["step"] == 1 and 0 <= results["final"]["test_accuracy"] <= 1
+  for f in ("config.json", "metrics.jsonl", "curves.png"):
+    assert (workdir / f).exists(), f
+  # What `make run` installs: jcnn's base dependencies, none of the blocked packages.
+  import tomllib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    deps = tomllib.load(f)["project"]["dependencies"]
+  names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower().replace("_", "-") for d in deps}
+  assert {"jax", "flax", "tensorboardx"} <= names, names           # parsed as meant
+  assert not names & {n.replace("_", "-") for n in NO_EXTRAS}, names
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    rule = f.read().split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
+  assert re.search(r"pip install -q -e \.\s*$", rule, re.M), rule   # `-e .`: no [extra]
+
+
+def test_finished_workdir_is_not_overwritten(finished_without_extras):
+  first, workdir, args = finished_without_extras
   assert first.returncode == 0, first.stderr[-3000:]
   assert error_lines(first) == []
   for f in ("config.json", "metrics.jsonl", "results.json"):

@@ -147,8 +147,18 @@ def training(proc, workdir: str) -> str:
   return metrics
 
 
-def test_sigterm_from_outside_saves_and_the_same_command_resumes(tmp_path):
-  """The real thing: launch.py in a subprocess, SIGTERM from here, one line on stderr, exit 143, then resume."""
+def _stopped_line(err: str, name: str) -> int:
+  """The one stderr line of a run stopped by signal `name`; returns the step it names."""
+  lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING", "I0000", "W0000"))]
+  assert len(lines) == 1 and lines[0].startswith(f"stopped: {name} at step ") and "resume with: python launch.py" in \
+      lines[0], err
+  return int(lines[0].split("at step ")[1].split(":")[0])
+
+
+def test_sigterm_and_sigint_from_outside_save_and_the_same_command_resumes(tmp_path):
+  """The real thing: launch.py in a subprocess, SIGTERM from here: one line on stderr, exit 143; the same command
+  resumes from that checkpoint, and SIGINT (Ctrl-C) to it: one line, exit 130, a checkpoint at a later step; then it
+  resumes again and finishes."""
   workdir = str(tmp_path / "run")
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=fashion_convnet", "--config.data.name=synthetic",
          "--config.data.synthetic_size=(1024,64)", "--config.train.epochs=1000", "--config.train.log_every=1",
@@ -158,17 +168,29 @@ def test_sigterm_from_outside_saves_and_the_same_command_resumes(tmp_path):
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
-  lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING", "I0000", "W0000"))]
-  assert len(lines) == 1 and lines[0].startswith("stopped: SIGTERM at step ") and "resume with: python launch.py" in \
-      lines[0] and f"--workdir={workdir}" in lines[0], err
-  step = int(lines[0].split("at step ")[1].split(":")[0])
+  assert f"--workdir={workdir}" in err
+  step = _stopped_line(err, "SIGTERM")
   assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == step
+  # The same command again resumes; Ctrl-C once it has taken a step (its stdout says so) stops it the same way.
+  log = tmp_path / "second.out"
+  with open(log, "w") as out:
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+    deadline = time.time() + 120
+    while "compiled the train step" not in log.read_text() and time.time() < deadline:
+      assert proc.poll() is None, proc.communicate()[1]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert f"resumed from the checkpoint at step {step}" in log.read_text()
+  later = _stopped_line(err, "SIGINT")
+  assert later > step and checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == later
   # Resume, training only to the end of the current epoch (lowering train.epochs is a resumable change).
-  epochs = step // 64 + 1
+  epochs = later // 64 + 1
   done = subprocess.run([a if not a.startswith("--config.train.epochs") else f"--config.train.epochs={epochs}"
                          for a in cmd], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
   assert done.returncode == 0, done.stderr
-  assert f"resumed from the checkpoint at step {step}" in done.stdout
+  assert f"resumed from the checkpoint at step {later}" in done.stdout
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["final"]["step"] == epochs * 64
 

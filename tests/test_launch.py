@@ -1,17 +1,23 @@
-"""The command line, as a user runs it: `python launch.py ...` in a subprocess from the repo root.
+"""The command line, as a user runs it: `python launch.py ...` in a subprocess from the repo root, or `launch.run` in
+this process where a fault is injected (a full disk, a folder that cannot be written, a bug) or a run is stopped.
 
 User errors exit with status 2 and exactly one stderr line, `error: ...`, that names the fix.
 """
+import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 from conftest import ROOT, write_idx_dataset
 
+import launch as launch_py   # (launch() below runs it in a subprocess)
 from jcnn import data as data_lib
 from jcnn.data import sources
 
@@ -95,12 +101,78 @@ def test_input_shape_that_does_not_fit(tmp_path):
   assert not (tmp_path / "w" / "config.json").exists()
 
 
-def test_finished_workdir_is_not_overwritten(tmp_path):
-  workdir = tmp_path / "run"
+# `make run` installs jcnn alone (`pip install -e .`): none of the extras' packages, nor the tests'.
+NO_EXTRAS = ("torch", "tensorflow", "tensorflow_datasets", "onnx", "onnxruntime", "jax2onnx", "tensorboard", "pytest",
+             "hypothesis")
+# launch.py with those packages made impossible to import, as if not installed: every finder on sys.meta_path is
+# wrapped to find nothing by those names, so `import` raises ModuleNotFoundError and importlib.util.find_spec says None
+# (a finder that raised instead would break libraries that probe with find_spec: orbax does). At exit it prints which
+# of them got into sys.modules anyway.
+WITHOUT_EXTRAS = """
+import json, runpy, sys
+BLOCKED = set(json.loads(sys.argv[1]))
+
+class NotInstalled:
+  def __init__(self, finder):
+    self.finder = finder
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED or not hasattr(self.finder, "find_spec"):
+      return None
+    return self.finder.find_spec(name, path, target)
+  def invalidate_caches(self):
+    getattr(self.finder, "invalidate_caches", lambda: None)()
+
+sys.meta_path[:] = [NotInstalled(f) for f in sys.meta_path]
+try:
+  import hypothesis
+except ModuleNotFoundError:
+  print("blocker: on", flush=True)
+sys.argv = ["launch.py"] + sys.argv[2:]
+code = 0
+try:
+  runpy.run_path("launch.py", run_name="__main__")
+except SystemExit as e:
+  code = e.code
+print("imported anyway: " + json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)), flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_without_extras(tmp_path_factory):
+  """A tiny run through launch.py (a subprocess) that cannot import any extra: (process, workdir, its arguments)."""
+  workdir = tmp_path_factory.mktemp("bare") / "run"
   args = ["--experiment=fashion_convnet", "--config.data.name=synthetic", "--config.train.epochs=1",
           "--config.data.train_limit=32", "--config.data.test_limit=32", "--config.train.batch_size=32",
           f"--workdir={workdir}"]
-  first = launch(*args)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", WITHOUT_EXTRAS, json.dumps(NO_EXTRAS), *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  return proc, workdir, args
+
+
+def test_a_run_needs_none_of_the_extras(finished_without_extras):
+  proc, workdir, _ = finished_without_extras
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "blocker: on" in proc.stdout and "imported anyway: []" in proc.stdout, proc.stdout[-2000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["final"]["step"] == 1 and 0 <= results["final"]["test_accuracy"] <= 1
+  for f in ("config.json", "metrics.jsonl", "curves.png"):
+    assert (workdir / f).exists(), f
+  # What `make run` installs: jcnn's base dependencies, none of the blocked packages.
+  import tomllib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    deps = tomllib.load(f)["project"]["dependencies"]
+  names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower().replace("_", "-") for d in deps}
+  assert {"jax", "flax", "tensorboardx"} <= names, names           # parsed as meant
+  assert not names & {n.replace("_", "-") for n in NO_EXTRAS}, names
+  with open(os.path.join(ROOT, "Makefile")) as f:
+    rule = f.read().split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
+  assert re.search(r"pip install -q -e \.\s*$", rule, re.M), rule   # `-e .`: no [extra]
+
+
+def test_finished_workdir_is_not_overwritten(finished_without_extras):
+  first, workdir, args = finished_without_extras
   assert first.returncode == 0, first.stderr[-3000:]
   assert error_lines(first) == []
   for f in ("config.json", "metrics.jsonl", "results.json"):
@@ -155,3 +227,217 @@ def test_compilation_cache_default_folder_override_and_off(tmp_path):
   assert any(name.startswith("jit_") for name in os.listdir(tmp_path / "moved"))
   run("d", JCNN_COMPILATION_CACHE="0", XDG_CACHE_HOME=str(tmp_path / "xdg2"))
   assert not (tmp_path / "xdg2" / "jcnn").exists()        # (matplotlib keeps its font cache there too)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In this process (launch.run): faults injected by patching what the code consults.
+TINY = ["--config.data.name=synthetic", "--config.data.synthetic_size=(64,32)", "--config.train.epochs=1",
+        "--config.train.batch_size=16", "--config.train.eval_batch_size=16", "--config.train.log_every=2"]
+
+
+def run_here(capsys, *args):
+  """launch.run in this process: (exit status, stdout, the non-empty stderr lines)."""
+  capsys.readouterr()
+  code = launch_py.run(["launch.py", *args])
+  out, err = capsys.readouterr()
+  return code, out, [line for line in err.splitlines() if line.strip() and not ABSL_LOG.match(line)]
+
+
+def one_error(code, lines, *needles):
+  assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, lines)
+  for n in needles:
+    assert n in lines[0], (n, lines[0])
+  return lines[0]
+
+
+def snapshot(folder) -> dict:
+  """Every file under `folder`: (size, mtime in ns, sha256 of its bytes)."""
+  out = {}
+  for d, _, files in os.walk(folder):
+    for f in files:
+      p = os.path.join(d, f)
+      with open(p, "rb") as fh:
+        out[p] = (os.path.getsize(p), os.stat(p).st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+  return out
+
+
+def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+  """prepare_workdir asks os.access(W_OK | X_OK) of the nearest existing folder. Tests may run as root, whom chmod
+  does not stop, so os.access is patched to say no for that one folder (and, as another user, chmod 555 too)."""
+  parent = tmp_path / "parent"
+  parent.mkdir()
+  (parent / "kept.txt").write_text("mine")
+  workdir = parent / "new" / "run"
+  real_access = os.access
+
+  def access(path, mode, *a, **k):
+    if os.path.abspath(path) == str(parent) and mode & os.W_OK:
+      return False
+    return real_access(path, mode, *a, **k)
+
+  with monkeypatch.context() as m:
+    m.setattr(os, "access", access)
+    code, _, lines = run_here(capsys, "--experiment=fashion_convnet", *TINY, f"--workdir={workdir}")
+  one_error(code, lines, f"cannot write to --workdir {workdir} ({parent} is not a writable folder)",
+            "pass a folder you can write")
+  assert os.listdir(parent) == ["kept.txt"] and (parent / "kept.txt").read_text() == "mine"
+  if os.geteuid() != 0:   # the real thing, where chmod binds
+    parent.chmod(0o555)
+    try:
+      code, _, lines = run_here(capsys, "--experiment=fashion_convnet", *TINY, f"--workdir={workdir}")
+    finally:
+      parent.chmod(0o755)
+    one_error(code, lines, f"({parent} is not a writable folder)")
+    assert os.listdir(parent) == ["kept.txt"]
+
+
+def test_a_disk_with_less_than_64_mib_free_is_one_line(tmp_path, monkeypatch, capsys):
+  """shutil.disk_usage is patched to report the free bytes of the workdir's disk: one byte under 64 MiB (2**26) is
+  refused, naming 63 MiB; exactly 64 MiB is accepted (and nothing is created by the check)."""
+  from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
+  from jcnn.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jcnn.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  parent = tmp_path / "disk"
+  parent.mkdir()
+  (parent / "kept.txt").write_text("mine")
+  real_usage, free = shutil.disk_usage, [0]
+
+  def usage(path):
+    u = real_usage(path)
+    return u._replace(free=free[0]) if os.path.abspath(path) == str(parent) else u
+  monkeypatch.setattr(shutil, "disk_usage", usage)
+  workdir = parent / "run"
+  free[0] = 64 * 2**20 - 1
+  code, _, lines = run_here(capsys, "--experiment=fashion_convnet", *TINY, f"--workdir={workdir}")
+  one_error(code, lines, f"--workdir {workdir}: only 63 MiB free on its disk (64 MiB needed",
+            "free some space or pass a folder on another disk")
+  assert os.listdir(parent) == ["kept.txt"]
+  free[0] = 64 * 2**20                                  # the threshold itself is enough: a new run
+  assert workdir_lib.prepare_workdir(str(workdir), fashion_convnet.get_config(), "results.json") is False
+  free[0] = 10 * 2**20
+  with pytest.raises(ConfigError, match="only 10 MiB free"):
+    workdir_lib.prepare_workdir(str(workdir), fashion_convnet.get_config(), "results.json")
+  assert os.listdir(parent) == ["kept.txt"]
+
+
+def test_an_unknown_sweep_key_is_one_line(tmp_path, capsys):
+  from experiments import ablation_dropout  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "w"
+  code, _, lines = run_here(capsys, "--experiment=ablation_dropout", *TINY, "--sweep.seed=2", f"--workdir={workdir}")
+  one_error(code, lines, "unknown sweep key --sweep.seed;", "did you mean --sweep.seeds?",
+            "(keys and their meaning: jcnn/sweep/grid.py (default_sweep))")
+  assert "seeds" in ablation_dropout.get_sweep()             # the suggestion is a real key
+  with open(os.path.join(ROOT, "jcnn", "sweep", "grid.py")) as f:
+    assert "def default_sweep(" in f.read()                  # and the file named holds the keys
+  code, _, lines = run_here(capsys, "--experiment=ablation_dropout", *TINY, "--sweep.zzzz=1", f"--workdir={workdir}")
+  assert "did you mean" not in one_error(code, lines, "unknown sweep key --sweep.zzzz (keys and their meaning")
+  assert not workdir.exists()
+
+
+def test_resuming_a_sweep_with_other_sweep_flags_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
+  """A sweep stopped by SIGINT (sent from inside its 2nd step) exits 130; the same command with another
+  --sweep.dropout_rate or --sweep.seeds is refused (one line, exit 2) with every file of the workdir unchanged
+  (size, mtime, bytes), while the first command's flags are still accepted for resuming."""
+  from jcnn.sweep import lift  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "sweep")
+  args = ["--experiment=ablation_dropout", *TINY, "--config.model.name=mlp", "--config.data.synthetic_shape=(8,8,1)",
+          "--sweep.seeds=1", "--sweep.dropout_rate=(0.0,0.5)",
+          f"--workdir={workdir}"]
+  real, calls = lift.program, [0]
+
+  def program(*a, **k):
+    p = real(*a, **k)
+
+    def step(rs, b):
+      calls[0] += 1
+      if calls[0] == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+      return p.step(rs, b)
+    return p._replace(step=step)
+  with monkeypatch.context() as m:
+    m.setattr(lift, "program", program)
+    code, _, lines = run_here(capsys, *args)
+  assert code == 130 and len(lines) == 1 and lines[0].startswith("stopped: SIGINT at step 2"), (code, lines)
+  before = snapshot(workdir)
+  assert any(p.endswith("config.json") for p in before) and not os.path.exists(os.path.join(workdir, "summary.json"))
+  for changed, shown in (("--sweep.dropout_rate=(0.0,0.25)", "sweep.dropout_rate: [0.0, 0.5] -> [0.0, 0.25]"),
+                         ("--sweep.seeds=2", "sweep.seeds: 1 -> 2")):
+    other = [changed if a.split("=")[0] == changed.split("=")[0] else a for a in args]
+    code, _, lines = run_here(capsys, *other)
+    one_error(code, lines, f"{workdir} holds a run with another config ({shown})",
+              "rerun with the same config to resume it", "or pass a new --workdir")
+    assert snapshot(workdir) == before
+  # The first command's own flags still resume it (tests/test_checkpoint.py resumes sweeps to the end).
+  from jcnn import cli  # pylint: disable=g-import-not-at-top
+  from jcnn.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  fv, _ = cli.parse(["launch.py", *args], launch_py.define_flags)
+  assert workdir_lib.prepare_workdir(workdir, fv.config, "summary.json", extra={"sweep": fv.sweep}) is True
+  assert snapshot(workdir) == before
+
+
+def test_a_bug_before_the_workdir_exists_keeps_its_traceback_in_the_temp_folder(tmp_path, monkeypatch, capsys):
+  """An unanticipated exception (injected into mesh.make, before the workdir is made): exit 1, one line naming a
+  file in the temp folder that holds the whole traceback; no workdir is created."""
+  from jcnn.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))      # what tempfile.gettempdir() answers
+
+  def broken_make(*a, **k):
+    raise ZeroDivisionError("injected fault in mesh.make")
+  monkeypatch.setattr(mesh_lib, "make", broken_make)
+  workdir = tmp_path / "w"
+  code, _, lines = run_here(capsys, "--experiment=fashion_convnet", *TINY, f"--workdir={workdir}")
+  assert code == 1 and len(lines) == 1, (code, lines)
+  assert lines[0].startswith("error: jcnn hit a bug (ZeroDivisionError: injected fault in mesh.make); the full "
+                             "traceback is in ") and lines[0].endswith("; please report it"), lines
+  path = lines[0].split("the full traceback is in ")[1].split(";")[0]
+  assert os.listdir(temp) == [os.path.basename(path)] and os.path.dirname(path) == str(temp)
+  assert os.path.basename(path).startswith("jcnn-traceback-") and path.endswith(".txt")
+  with open(path) as f:
+    text = f.read()
+  assert "Traceback (most recent call last)" in text and "in broken_make" in text and "train_and_evaluate" in text
+  assert text.rstrip().endswith("ZeroDivisionError: injected fault in mesh.make")
+  assert not workdir.exists()
+
+
+def test_process_settings_default_to_the_jcnn_environment_variables(monkeypatch, capsys):
+  """cli.start_processes with launch.py's flags: $JCNN_COORDINATOR_ADDRESS / $JCNN_NUM_PROCESSES / $JCNN_PROCESS_ID
+  stand in for flags not given (a flag given wins); jax.distributed.initialize and the handshake are stubs that
+  record their arguments."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jcnn import cli  # pylint: disable=g-import-not-at-top
+  from jcnn.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(mesh_lib, "_handshake", lambda *a: calls.append(("handshake", a)))
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **k: calls.append(("initialize", k)))
+  monkeypatch.setenv("JCNN_MACHINE_CACHE", "0")            # same_cpu_chunks sets it; restored after
+  collectives = jax.config.jax_cpu_collectives_implementation
+  for k in ("JCNN_COORDINATOR_ADDRESS", "JCNN_NUM_PROCESSES", "JCNN_PROCESS_ID"):
+    monkeypatch.delenv(k, raising=False)
+
+  def start(*flags):
+    calls.clear()
+    fv, _ = cli.parse(["launch.py", "--experiment=fashion_convnet", *flags], launch_py.define_flags)
+    cli.start_processes(fv)
+    return list(calls)
+
+  try:
+    assert start() == []                                   # nothing set: one process, nothing joined
+    monkeypatch.setenv("JCNN_COORDINATOR_ADDRESS", "10.1.2.3:12355")
+    monkeypatch.setenv("JCNN_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JCNN_PROCESS_ID", "3")
+    assert start() == [("handshake", ("10.1.2.3:12355", 4, 3, 120)),
+                       ("initialize", {"coordinator_address": "10.1.2.3:12355", "num_processes": 4, "process_id": 3,
+                                       "initialization_timeout": 120})]
+    assert start("--process_id=0", "--num_processes=2", "--distributed_timeout=7") == [
+        ("handshake", ("10.1.2.3:12355", 2, 0, 7)),
+        ("initialize", {"coordinator_address": "10.1.2.3:12355", "num_processes": 2, "process_id": 0,
+                        "initialization_timeout": 7})]
+    monkeypatch.setenv("JCNN_NUM_PROCESSES", "two")
+    calls.clear()
+    code, _, lines = run_here(capsys, "--experiment=fashion_convnet", *TINY)
+    one_error(code, lines, "$JCNN_NUM_PROCESSES / $JCNN_PROCESS_ID must be integers", "'two'")
+    assert calls == []
+  finally:
+    jax.config.update("jax_cpu_collectives_implementation", collectives)

@@ -401,6 +401,37 @@ def test_check_config_rejects():
   config_lib.check_config(fashion_convnet.get_config())
 
 
+def test_training_steps_copy_nothing_between_host_and_device():
+  """In memory, a step's feed item is the epoch's index array already on the device and the step gathers its batch
+  there: the loop's per-step calls (next(feed), program.step) run under jax.transfer_guard('disallow'), which raises
+  on any implicit host<->device copy. Control: under the same guard a host (numpy) index array passed to the step
+  raises; the guarded steps did train (step counter, parameters). (On CPU, reading a device array into numpy shares
+  its memory and is no transfer, so the device-to-host half is only exercised on an accelerator.)"""
+  from experiments import fashion_convnet  # pylint: disable=g-import-not-at-top
+  from jcnn.train import program as program_lib  # pylint: disable=g-import-not-at-top
+  c = fashion_convnet.get_config()
+  c.model.name, c.model.dropout_rate = "mlp", 0.25   # dropout: a fresh key per step, folded in on the device
+  c.data.name, c.data.synthetic_shape, c.data.synthetic_size = "synthetic", (8, 8, 1), (64, 16)
+  c.train.batch_size = 16                            # 4 steps per epoch
+  ds = data_lib.load(c.data, seed=0, task=c.train.task)
+  program = program_lib.single_program(c, ds)
+  rs = program.init()
+  feed = iter(program.feed(1, 0))                    # once per epoch: the epoch's order (its epoch number is a copy)
+  rs = program.step(rs, next(feed))                  # compiles; the steps below reuse it
+  first = jax.device_get(rs.train.params)
+  host_order = np.asarray(jax.device_get(program.batches(1)))
+  with jax.transfer_guard("disallow"):
+    for _ in range(3):
+      rs = program.step(rs, next(feed))
+    jax.block_until_ready(rs)
+  assert int(jax.device_get(rs.train.step)) == 4
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first),
+                                                      jax.tree.leaves(jax.device_get(rs.train.params))))
+  with jax.transfer_guard("disallow"):
+    with pytest.raises(Exception, match=r"Disallowed host-to-device transfer: aval=ShapedArray\(int32\[4,16\]"):
+      program.step(rs, host_order)                   # the epoch's [steps, batch] order, from numpy
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Every experiment, one step, end to end.
 EXPERIMENTS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "experiments")) if f.endswith(".py") and f[0] != "_")

@@ -150,7 +150,7 @@ def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = No
     sections = {"config": (config, config_lib.RESUMABLE_CHANGES), **{k: (v, ()) for k, v in (extra or {}).items()}}
     differ = [f"{name}.{k}" if name != "config" else k for name, (c, allowed) in sections.items()
               for k in config_lib.diff(saved.get(name, {}), c.to_dict(), allowed)]
-    new = {name: c.to_dict() for name, (c, _) in sections.items()}
+    new = {name: json.loads(c.to_json_best_effort()) for name, (c, _) in sections.items()}   # shown as saved: lists
     if differ:
       path = lambda k: k if k.split(".")[0] in sections else f"config.{k}"
       shown = ", ".join(f"{k}: {_get(saved, path(k))!r} -> {_get(new, path(k))!r}" for k in differ[:4])
@@ -170,8 +170,8 @@ def prepare_workdir(workdir: str, config, finished: str, extra: dict | None = No
                       f"can write")
   free = shutil.disk_usage(existing).free
   if free < MIN_FREE_BYTES:
-    raise ConfigError(f"--workdir {workdir}: only {free / 2**20:.0f} MiB free on its disk ({MIN_FREE_BYTES / 2**20:.0f} "
-                      f"MiB needed for checkpoints and logs); free some space or pass a folder on another disk")
+    raise ConfigError(f"--workdir {workdir}: only {free // 2**20} MiB free on its disk ({MIN_FREE_BYTES // 2**20} MiB "
+                      f"needed for checkpoints and logs); free some space or pass a folder on another disk")
   return False
 
 

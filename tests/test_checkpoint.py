@@ -342,6 +342,19 @@ def test_an_unreadable_newest_checkpoint_is_skipped_and_the_run_resumes_from_the
   assert rows(os.path.join(workdir, "metrics.jsonl")) == rows(os.path.join(ref_dir, "metrics.jsonl"))
   assert os.path.isdir(os.path.join(ckpts, "15.unreadable"))   # kept for a look, out of orbax's sight
   assert checkpoint.Checkpoints(ckpts).latest_step() == 15     # saved anew by the resumed run
+  # TensorBoard keeps the rows up to step 10 too: the event files hold steps 12, 14 and 15 twice (the first run's, and
+  # the resumed run's in a second file), yet TensorBoard's reader shows each step once, with the resumed run's values,
+  # exactly the uninterrupted run's curves.
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  files = sorted(os.path.join(workdir, "tb", f) for f in os.listdir(os.path.join(workdir, "tb")))
+  assert len(files) == 2
+  raw = [e.step for f in files for e in event_file_loader.EventFileLoader(f).Load()
+         if any(v.tag == "train/loss" for v in e.summary.value)]
+  assert raw == [2, 4, 6, 8, 10, 12, 14] + [12, 14]
+  got, want = tb_scalars(workdir), tb_scalars(ref_dir)
+  assert {"train/loss", "train/accuracy", "val/loss", "test/accuracy", "epoch/train_loss"} <= set(got)
+  assert got == want and [s for s, _ in got["train/loss"]] == [2, 4, 6, 8, 10, 12, 14]
+  assert [s for s, _ in got["test/accuracy"]] == [5, 10, 15]
 
 
 def test_when_no_checkpoint_can_be_read_the_error_says_so(uninterrupted, tmp_path):
@@ -392,8 +405,12 @@ def test_resuming_with_another_config_names_the_keys(uninterrupted, tmp_path):
   assert [r["epoch"] for r in out["history"]] == [1, 2, 3, 4] and out["history"][-1]["step"] == 20
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(uninterrupted, tmp_path, monkeypatch):
+  """Also: writers.tensorboard=False, for the run and its resume, writes no event file; metrics.jsonl still gets every
+  row, the uninterrupted run's."""
   workdir = str(tmp_path / "run")
+  c = tiny_config()
+  c.writers.tensorboard = False
   real = checkpoint.Checkpoints.save
 
   def save(self, step, state, meta):
@@ -404,11 +421,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
   with pytest.raises(checkpoint.CheckpointError, match=r"no space left on the device while saving checkpoint step 10 "
                                                        r"in .*; the previous checkpoint \(step 5\) is kept; free some "
                                                        r"space and run the same command to resume"):
-    train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(c, workdir)
   monkeypatch.undo()
   assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).latest_step() == 5
-  out = train_and_evaluate(tiny_config(), workdir)     # space freed: the same command resumes and finishes
+  out = train_and_evaluate(c, workdir)     # space freed: the same command resumes and finishes
   assert out["history"][-1]["step"] == 15
+  assert not os.path.exists(os.path.join(workdir, "tb"))
+  assert not [f for _, _, fs in os.walk(workdir) for f in fs if "tfevents" in f]
+  assert rows(os.path.join(workdir, "metrics.jsonl")) == rows(os.path.join(uninterrupted[0], "metrics.jsonl"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -441,6 +461,15 @@ def test_checkpoint_every_steps_and_keep(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # TensorBoard, read back with TensorBoard's own reader.
+def tb_scalars(workdir) -> dict:
+  """{tag: [(step, value)]} as TensorBoard shows the run in workdir/tb: its EventAccumulator, which applies the purge
+  events a resumed writer leaves (the steps after the checkpoint are dropped from the earlier files)."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"))
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def test_tensorboard_events_match_metrics_jsonl(uninterrupted):
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   workdir, _ = uninterrupted

@@ -1,8 +1,10 @@
 """Inference and export: predict with the run's own preprocessing, image files, --mode=predict/export, and ONNX files
-run by onnxruntime for every zoo family (batch 1 and 3, max abs difference <= 1e-4 against jcnn).
+run by onnxruntime for every zoo family (batch 1 and 3) and for a run with standardisation and padding.
 
-References are computed here independently: the preprocessing from the training split with numpy, the probabilities
-from model.apply, the ONNX outputs by onnxruntime (no jcnn code runs the file).
+References are computed here independently: the preprocessing from the training split with numpy, the logits from
+model.apply, grey levels from ITU-R 601-2's weights, the ONNX outputs by onnxruntime (no jcnn code runs the file).
+ONNX files output probabilities; they are compared as logits (log p centred per row, `assert_same_logits`), where a
+1e-3 error in one logit fails, not as probabilities (~0.1 each for small models, where such an error is ~1e-4).
 """
 import os
 import subprocess
@@ -12,16 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, write_idx_dataset
+from conftest import ROOT, require_onnxruntime, write_idx_dataset
 from PIL import Image
 
 from experiments import fashion_convnet
 from jcnn import export, models
 from jcnn.experiment import run_sweep, train_and_evaluate
 from jcnn.train import checkpoint
-
-ort = pytest.importorskip("onnxruntime", reason="the [export] extra is not installed (pip install -e '.[export]')")
-
 
 def tiny_run(tmp_path, **data):
   c = fashion_convnet.get_config()
@@ -34,8 +33,44 @@ def tiny_run(tmp_path, **data):
   return c, workdir, out
 
 
-def probs(model, variables, x):
-  return np.asarray(jax.nn.softmax(jax.jit(lambda x: model.apply(variables, x, train=False))(jnp.asarray(x)), -1))
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """One tiny trained run (fashion_convnet on 28x28x1 synthetic images, `scale`), shared by the tests that only read
+  it."""
+  return tiny_run(tmp_path_factory.mktemp("tiny"))
+
+
+def logits(model, variables, x):
+  return np.asarray(jax.jit(lambda x: model.apply(variables, x, train=False))(jnp.asarray(x)))
+
+
+LOGIT_ATOL = 2e-5
+
+
+def assert_same_logits(probabilities, want_logits, atol=LOGIT_ATOL):
+  """ONNX files output probabilities p = softmax(z): log p = z - logsumexp(z), the logits up to a per-row constant, so
+  log p minus its row mean equals z minus its row mean. Compared there, a 1e-3 error in one logit moves its centred
+  value by 1e-3 * (1 - 1/K) >= 5e-4, far above `atol` (test_a_1e3_logit_error_fails_the_comparison)."""
+  got = np.log(np.asarray(probabilities, np.float64))
+  want = np.asarray(want_logits, np.float64)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got - got.mean(-1, keepdims=True), want - want.mean(-1, keepdims=True), rtol=0,
+                             atol=atol)
+
+
+def test_a_1e3_logit_error_fails_the_comparison():
+  """The comparison the ONNX tests use catches a 1e-3 error in one logit of 10, which probabilities near 0.1 compared
+  at 1e-4 (the old check) let through; an exact copy and a per-row constant (softmax ignores it) pass."""
+  z = np.random.default_rng(0).normal(0, 0.1, (3, 10))            # an untrained model's logits: p ~ 0.1 each
+  p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)                  # numpy's softmax, float64
+  assert_same_logits(p.astype(np.float32), z)
+  assert_same_logits(p, z + np.array([[1.0], [-2.0], [5.0]]))       # a constant per row is no error
+  bad = z.copy()
+  bad[1, 4] += 1e-3
+  with pytest.raises(AssertionError):
+    assert_same_logits(p, bad)
+  q = np.exp(bad) / np.exp(bad).sum(-1, keepdims=True)
+  assert np.abs(q - p).max() < 1e-4                                 # what the probability check at 1e-4 missed
 
 
 def test_predict_reuses_the_training_statistics(tmp_path):
@@ -48,32 +83,57 @@ def test_predict_reuses_the_training_statistics(tmp_path):
   std = (train_u8.astype(np.float64) / 255).std()
   model = models.get(c.model, num_classes=10)
   variables = {"params": out["state"].params}
-  want = probs(model, variables, (test_u8 / 255 - mean) / std)
-  np.testing.assert_allclose(np.asarray(p.predict(test_u8)), want, atol=1e-5)              # uint8 0..255
-  np.testing.assert_allclose(np.asarray(p.predict(test_u8 / 255.0)), want, atol=1e-5)      # floats 0..1
+  want = logits(model, variables, (test_u8 / 255 - mean) / std)
+  assert_same_logits(p.predict(test_u8), want)              # uint8 0..255
+  assert_same_logits(p.predict(test_u8 / 255.0), want)      # floats 0..1
   # Inputs with other statistics are not renormalised by their own mean/std.
   half = (test_u8 // 2).astype(np.uint8)
-  np.testing.assert_allclose(np.asarray(p.predict(half)), probs(model, variables, (half / 255 - mean) / std),
-                             atol=1e-5)
+  assert_same_logits(p.predict(half), logits(model, variables, (half / 255 - mean) / std))
 
 
-def test_predict_pads_like_training(tmp_path):
-  """Zeros are padded before the standardisation, as training pads the raw images (lenet5_mnist's recipe): the
-  border the model sees is (0 - mean) / std, not 0."""
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+  """LeNet-5 on 28x28 synthetic images zero-padded to 32x32 and standardised (lenet5_mnist's recipe), one epoch:
+  (its predictor, the reference: the model's logits on raw uint8 images [B, 28, 28, 1], computed with numpy's preprocessing)."""
   c = fashion_convnet.get_config()
   c.data.name, c.data.synthetic_size, c.data.pad, c.data.preprocess = "synthetic", (32, 8), 2, "standardize"
   c.model = type(c.model)({"name": "lenet5", "activation": "tanh", "dropout_rate": 0.0, "init_scale": 1.0})
   c.train.epochs, c.train.batch_size, c.train.eval_batch_size = 1, 16, 8
-  out = train_and_evaluate(c, str(tmp_path / "run"))
-  p = export.load(str(tmp_path / "run"))
+  workdir = str(tmp_path_factory.mktemp("padded") / "run")
+  out = train_and_evaluate(c, workdir)
+  stats = checkpoint.load_trained(workdir)["meta"]["data"]["preprocess"]
+  assert stats["method"] == "standardize" and abs(stats["shift"][0]) > 0.1     # the border is far from 0
+  model, variables = models.get(c.model, num_classes=10), {"params": out["state"].params}
+
+  def reference(x_u8):   # zeros padded before the standardisation, as training pads the raw images
+    padded_x = np.pad(x_u8 / 255.0, [(0, 0), (2, 2), (2, 2), (0, 0)])
+    return logits(model, variables, (padded_x - stats["shift"][0]) / stats["div"][0])
+  return export.load(workdir), reference
+
+
+def test_predict_pads_like_training(padded):
+  """Zeros are padded before the standardisation, as training pads the raw images (lenet5_mnist's recipe): the
+  border the model sees is (0 - mean) / std, not 0."""
+  p, reference = padded
   assert p.raw_shape == (28, 28, 1) and p.input_shape == (32, 32, 1)
   x = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 1)).astype(np.uint8)
-  padded = np.pad(x / 255.0, [(0, 0), (2, 2), (2, 2), (0, 0)])
-  stats = checkpoint.load_trained(str(tmp_path / "run"))["meta"]["data"]["preprocess"]
-  assert stats["method"] == "standardize" and abs(stats["shift"][0]) > 0.1     # the border is far from 0
-  want = probs(models.get(c.model, num_classes=10), {"params": out["state"].params},
-               (padded - stats["shift"][0]) / stats["div"][0])
-  np.testing.assert_allclose(np.asarray(p.predict(x)), want, atol=1e-5)
+  assert_same_logits(p.predict(x), reference(x))
+
+
+def test_onnx_of_a_standardised_padded_run_matches_on_raw_images(padded, tmp_path):
+  """The ONNX file takes raw images at the dataset's size (28x28, in [0, 1]) and pads and standardises inside the
+  graph with the saved training statistics: onnxruntime's logits equal the reference's (numpy padding, then
+  (x - mean) / std, then model.apply), and its probabilities jcnn's own predict."""
+  ort = require_onnxruntime()
+  p, reference = padded
+  sess = ort.InferenceSession(export.to_onnx(p, str(tmp_path / "padded.onnx")))
+  assert [tuple(i.shape)[1:] for i in sess.get_inputs()] == [(28, 28, 1)]
+  rng = np.random.default_rng(1)
+  for batch in (1, 3):
+    x = rng.integers(0, 256, (batch, 28, 28, 1)).astype(np.uint8)
+    got = sess.run(["probabilities"], {"images": x.astype(np.float32) / 255})[0]
+    assert_same_logits(got, reference(x))
+    np.testing.assert_allclose(got, np.asarray(p.predict(x)), rtol=0, atol=1e-6)
 
 
 def test_mode_predict_and_export_end_to_end(tmp_path):
@@ -105,10 +165,10 @@ def test_mode_predict_and_export_end_to_end(tmp_path):
   assert lines[3].split(": ", 1)[1] == lines[0].split(": ", 1)[1]      # the grey-converted RGB copy: same answer
   proc = launch("--mode=export", f"--workdir={workdir}")
   assert proc.returncode == 0 and "input 'images' float32 [batch, 28, 28, 1]" in proc.stdout, proc.stderr
-  sess = ort.InferenceSession(os.path.join(workdir, "model.onnx"))
+  sess = require_onnxruntime().InferenceSession(os.path.join(workdir, "model.onnx"))
   x = imgs[64:67, :, :, None].astype(np.float32) / 255
   got = sess.run(["probabilities"], {"images": x})[0]
-  assert np.abs(got - want).max() <= 1e-4
+  assert_same_logits(got, logits(p.model, p.variables, x))      # `scale`: the model takes x / 255 as it is
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -116,14 +176,19 @@ def test_mode_predict_and_export_end_to_end(tmp_path):
     (lambda t: ["--mode=predict", "--workdir=RUN", f"--images={t / 'not_an_image.png'}"], "is not an image"),
     (lambda t: ["--mode=predict", "--workdir=RUN", f"--images={t / 'big.png'}"], "is 30x30 pixels; the model takes "
                                                                                 "28x28 (1 channel)"),
+    (lambda t: ["--mode=predict", "--workdir=RUN", f"--images={t / 'clear.png'}"], "clear.png has transparent pixels; "
+                                                                                  "flatten it onto a background"),
     (lambda t: ["--mode=predict", "--workdir=RUN"], "--mode=predict needs --images"),
     (lambda t: ["--mode=serve", "--workdir=RUN"], "flag --mode=serve"),
 ])
-def test_bad_input_is_one_line(args, needle, tmp_path, capsys):
+def test_bad_input_is_one_line(args, needle, tiny, tmp_path, capsys):
   import launch  # pylint: disable=g-import-not-at-top
-  _, workdir, _ = tiny_run(tmp_path)
+  _, workdir, _ = tiny
   (tmp_path / "not_an_image.png").write_text("hello")
   Image.fromarray(np.zeros((30, 30), np.uint8)).save(str(tmp_path / "big.png"))
+  clear = np.full((28, 28, 4), 200, np.uint8)
+  clear[5, 7, 3] = 254                                       # one pixel not quite opaque
+  Image.fromarray(clear, "RGBA").save(str(tmp_path / "clear.png"))
   argv = [a.replace("RUN", workdir) for a in args(tmp_path)]
   capsys.readouterr()
   assert launch.run(["launch.py", *argv]) == 2
@@ -131,8 +196,64 @@ def test_bad_input_is_one_line(args, needle, tmp_path, capsys):
   assert err.count("\n") == 1 and err.startswith("error: ") and needle in err, err
 
 
-def test_export_without_the_extra_names_the_pip_command(tmp_path, monkeypatch):
-  _, workdir, _ = tiny_run(tmp_path)
+def luma601(rgb):
+  """ITU-R 601-2 luma, Pillow's documented 'L' conversion: L = R * 299/1000 + G * 587/1000 + B * 114/1000 (float64)."""
+  rgb = np.asarray(rgb, np.float64)
+  return rgb[..., 0] * 299 / 1000 + rgb[..., 1] * 587 / 1000 + rgb[..., 2] * 114 / 1000
+
+
+def test_image_files_are_converted_as_documented(tiny, tmp_path):
+  """--mode=predict's conversions (README "Inference and export"): colour -> grey with ITU-R 601 luma for a 1-channel
+  model, grey -> three equal channels for a 3-channel one, a fully opaque alpha channel dropped, transparency refused.
+  Colours with R != G != B, so that other luma weights (BT.709's 0.2126/0.7152/0.0722, the plain mean) fail."""
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (4, 5, 3)).astype(np.uint8)
+  rgb[0, :3] = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]              # primaries: luma 76.2, 149.7, 29.1
+  grey = rng.integers(0, 256, (4, 5)).astype(np.uint8)
+  save = lambda a, name: Image.fromarray(a).save(str(tmp_path / name)) or str(tmp_path / name)   # mode from shape
+  opaque = np.concatenate([rgb, np.full((4, 5, 1), 255, np.uint8)], -1)
+  files = {"rgb": save(rgb, "rgb.png"), "grey": save(grey, "grey.png"), "rgba": save(opaque, "rgba.png"),
+           "la": save(np.stack([grey, np.full_like(grey, 255)], -1), "la.png")}
+  # Colour -> grey: Pillow rounds the weighted sum (fixed point), so within 0.5 of the exact value, never further.
+  for name in ("rgb", "rgba"):
+    got = export.read_image(files[name], (4, 5, 1))
+    assert got.shape == (4, 5, 1) and got.dtype == np.uint8
+    assert np.abs(got[..., 0] - luma601(rgb)).max() <= 0.5 + 1e-3, name
+  assert export.read_image(files["rgb"], (4, 5, 1))[0, :3, 0].tolist() == [76, 150, 29]
+  # Grey -> RGB: three channels, each the grey levels exactly; RGB and opaque RGBA into RGB: the pixels as they are.
+  for name in ("grey", "la"):
+    np.testing.assert_array_equal(export.read_image(files[name], (4, 5, 3)), np.stack([grey] * 3, -1))
+    np.testing.assert_array_equal(export.read_image(files[name], (4, 5, 1))[..., 0], grey)
+  np.testing.assert_array_equal(export.read_image(files["rgba"], (4, 5, 3)), rgb)
+  np.testing.assert_array_equal(export.read_image(files["rgb"], (4, 5, 3)), rgb)
+  # Transparency anywhere (RGBA, grey + alpha, a palette's transparent index) is refused, naming the file and the fix.
+  see_through = opaque.copy()
+  see_through[3, 4, 3] = 254
+  la = np.stack([grey, np.full_like(grey, 255)], -1)
+  la[0, 0, 1] = 0
+  palette = Image.frombytes("P", (5, 4), (grey % 4).tobytes())
+  palette.putpalette([0, 0, 0, 90, 90, 90, 180, 180, 180, 255, 255, 255])
+  palette.save(str(tmp_path / "p.png"), transparency=int(grey[2, 2] % 4))   # an index the image uses
+  for path in (save(see_through, "a.png"), save(la, "b.png"), str(tmp_path / "p.png")):
+    for shape in ((4, 5, 1), (4, 5, 3)):
+      with pytest.raises(export.ExportError, match=f"^{path} has transparent pixels; flatten it onto a background"):
+        export.read_image(path, shape)
+  # Through predict_files: a colour file gets the probabilities of its 601 luma image (the tiny run takes 28x28x1).
+  # Pixels whose luma lies within 0.01 of a rounding tie are made grey, so rounding the exact luma is Pillow's value.
+  p = export.load(tiny[1])
+  big = rng.integers(0, 256, (28, 28, 3)).astype(np.uint8)
+  tie = np.abs(luma601(big) % 1 - 0.5) < 0.01
+  big[tie] = big[tie][:, :1]
+  [row] = export.predict_files(p, [save(big, "big.png")], top_k=10)
+  want = np.asarray(p.predict(np.round(luma601(big)).astype(np.uint8)[None, :, :, None]))[0]
+  got = np.zeros(10)
+  got[[t["class"] for t in row["top"]]] = [t["probability"] for t in row["top"]]
+  assert sorted(t["class"] for t in row["top"]) == list(range(10))
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_export_without_the_extra_names_the_pip_command(tiny, tmp_path, monkeypatch):
+  _, workdir, _ = tiny
   monkeypatch.setitem(sys.modules, "jax2onnx", None)      # as if not installed
   with pytest.raises(export.ExportError, match=r"pip install -e '.\[export\]'"):
     export.to_onnx(export.load(workdir), str(tmp_path / "m.onnx"))
@@ -185,11 +306,11 @@ def test_every_family_exports_and_onnxruntime_matches(name, fields, shape, dtype
   p = export.predictor(model, variables, preprocess={"method": "scale", "scale": 255.0}, input_shape=shape,
                        input_dtype=dtype)
   path = export.to_onnx(p, str(tmp_path / f"{name}.onnx"))
-  sess = ort.InferenceSession(path)
+  sess = require_onnxruntime().InferenceSession(path)
   rng = np.random.default_rng(0)
   for batch in (1, 3):
     x = (rng.integers(0, 20, (batch,) + shape).astype(np.int32) if dtype == "int32" else
          rng.random((batch,) + shape).astype(np.float32))
     got = sess.run(["probabilities"], {"images": x})[0]
-    want = probs(model, variables, x)
-    assert got.shape == (batch, 10) and np.abs(got - want).max() <= 1e-4
+    assert got.shape == (batch, 10)
+    assert_same_logits(got, logits(model, variables, x))

@@ -7,6 +7,8 @@ ONNX files output probabilities; they are compared as logits (log p centred per 
 1e-3 error in one logit fails, not as probabilities (~0.1 each for small models, where such an error is ~1e-4).
 """
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -169,6 +171,15 @@ def test_mode_predict_and_export_end_to_end(tmp_path):
   x = imgs[64:67, :, :, None].astype(np.float32) / 255
   got = sess.run(["probabilities"], {"images": x})[0]
   assert_same_logits(got, logits(p.model, p.variables, x))      # `scale`: the model takes x / 255 as it is
+  # docs/inference.md's python block, as printed, in a folder laid out as its commands leave it
+  from test_docs import docs_block, run_block  # pylint: disable=g-import-not-at-top
+  here = tmp_path / "user"
+  os.makedirs(here / "runs")
+  os.symlink(workdir, here / "runs" / "mine")
+  shutil.copy(paths[0], here / "boot.png")
+  printed = run_block(docs_block("ort.InferenceSession"), here)        # "[9] [0.9746713]": top class, its probability
+  top, prob = re.fullmatch(r"\[(\d+)\] \[([\d.e-]+)\]\s*", printed).groups()
+  assert int(top) == int(np.argmax(want[0])) and abs(float(prob) - want[0].max()) < 1e-5
 
 
 @pytest.mark.parametrize("args,needle", [

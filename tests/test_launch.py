@@ -129,7 +129,12 @@ def test_fashion_convnet_one_epoch(tmp_path):
                 f"--workdir={tmp_path / 'run'}", timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
-  assert results["final"]["test_accuracy"] > 0.6, results
+  # Measured 2026-12-02 (AMD EPYC Zen 4, 2 cores, jax 0.10.2): test accuracy 0.6205 after these 31 steps (seed 0;
+  # seeds 1 and 2: 0.5515, 0.5415), by `python launch.py --experiment=fashion_convnet --config.train.epochs=1
+  # --config.data.train_limit=2000 --workdir=DIR` (+ --config.train.seed=1/2). The bound is that minus 2 points, for
+  # float differences across CPUs. (~86% is a full 60,000-image epoch: 0.8656 seed 0, 0.8551 seed 1, 150 s on this
+  # loaded 2-core machine: too long for a test.)
+  assert results["final"]["test_accuracy"] > 0.60, results
 
 
 def test_compilation_cache_default_folder_override_and_off(tmp_path):

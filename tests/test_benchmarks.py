@@ -40,3 +40,40 @@ def test_twins_batch_norm_matches_jcnn():
     n_jcnn = len(jax.tree.leaves(variables["batch_stats"])) // 2      # mean and var per BatchNorm
     n_torch = sum(isinstance(m, torch.nn.BatchNorm2d) for m in throughput.torch_model(name).modules())
     assert n_jcnn == n_torch, name
+
+
+def test_plain_flax_baseline_is_jcnns_convnet():
+  """benchmarks/plain_flax.py's baseline is the same network: jcnn's convnet parameters, renamed into the plain Flax
+  module, give the same logits (and the two parameter trees have the same shapes)."""
+  import plain_flax  # pylint: disable=g-import-not-at-top
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  jc = models.get({"name": "convnet"}, num_classes=10)
+  params = jax.jit(lambda k: jc.init(k, x, train=False))(jax.random.key(1))["params"]   # jitted: op-by-op is slow
+  names = {"conv1": "Conv_0", "conv2": "Conv_1", "conv3": "Conv_2", "dense1": "Dense_0", "head": "Dense_1"}
+  plain = plain_flax.PlainConvNet()
+  want_shapes = jax.tree.map(jnp.shape, jax.eval_shape(plain.init, jax.random.key(2), x)["params"])
+  renamed = {names[k]: v for k, v in params.items()}
+  assert jax.tree.map(jnp.shape, renamed) == want_shapes
+  got = jax.jit(lambda p: plain.apply({"params": p}, x))(renamed)
+  want = jax.jit(lambda p: jc.apply({"params": p}, x, train=False))(params)
+  assert float(jnp.abs(want).max()) > 1e-3                       # not both zero
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_mesh_same_hlo_normalise_drops_only_annotations():
+  """benchmarks/mesh_same_hlo.py: sharding attributes, source locations, the header and instruction numbers go; ops,
+  shapes and operands stay."""
+  import mesh_same_hlo  # pylint: disable=g-import-not-at-top
+  plain = ('HloModule jit__lambda, entry_computation_layout={(f32[2]{0})->f32[2]{0}}\n\nFileLocations\n'
+           '1 {file_name_id=1 function_name_id=1 line=143 end_line=143 column=2 end_column=8}\n\n'
+           '  %x.7 = f32[2]{0} parameter(0), metadata={op_name="x"}\n'
+           '  ROOT %add.9 = f32[2]{0} add(%x.7, %x.7)\n')
+  mesh = ('HloModule jit__lambda, entry_computation_layout={(f32[2]{0})->f32[2]{0}}, num_partitions=1\n\n'
+          'FileLocations\n'
+          '1 {file_name_id=1 function_name_id=1 line=144 end_line=144 column=2 end_column=8}\n\n'
+          '  %x.8 = f32[2]{0} parameter(0), sharding={replicated}, frontend_attributes={xla.sdy.sharding='
+          '"#sdy.sharding<@mesh, [{\\"data\\"}]>"}\n'
+          '  ROOT %add.10 = f32[2]{0} add(%x.8, %x.8), sharding={devices=[1]<=[1]}\n')
+  assert mesh_same_hlo.normalise(plain) == mesh_same_hlo.normalise(mesh)
+  assert mesh_same_hlo.normalise(plain) != mesh_same_hlo.normalise(mesh.replace("add(", "multiply("))
+  assert mesh_same_hlo.normalise(plain) != mesh_same_hlo.normalise(mesh.replace("f32[2]{0} param", "f32[3]{0} param"))

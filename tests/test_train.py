@@ -362,21 +362,31 @@ def test_evaluate_counts_every_example(batch_size):
                                     rel=1e-5)
 
 
-def test_progress_rate_counts_finished_steps(capsys):
+def test_progress_rate_counts_finished_steps(capsys, monkeypatch):
+  """The rate counts steps that finished (after `metrics()`, which waits for them), and between lines `update` neither
+  prints nor calls `metrics()` (no host sync). A fake clock: no wall-clock threshold to flake on a loaded machine."""
   import re  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  p = writers.Progress(100, "epoch 1/1", every=0.05)
-  p.t0 = p.last = time.perf_counter() - 0.1
+  import types  # pylint: disable=g-import-not-at-top
+  clock = {"now": 100.0}
+  monkeypatch.setattr(writers, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+  p = writers.Progress(100, "epoch 1/1", every=2.0)          # t0 = last = 100.0
+  calls = []
 
   def metrics():  # like device_get: waits 0.2 s for the dispatched steps to finish
-    time.sleep(0.2)
+    calls.append(clock["now"])
+    clock["now"] += 0.2
     return {"loss": 1.0, "accuracy": 0.5}
 
-  p.update(10, metrics)
+  clock["now"] = 100.1                       # 0.1 s since the last line: under `every`
+  assert p.update(10, metrics) is None
+  assert calls == [] and capsys.readouterr().out == ""       # nothing printed, nothing waited for
+  clock["now"] = 102.1                       # `every` passed: waits for the steps, then 10 steps in 2.3 s
+  assert p.update(10, metrics) == {"loss": 1.0, "accuracy": 0.5} and calls == [102.1]
   rate = float(re.search(r"([\d.]+) steps/s", capsys.readouterr().out).group(1))
-  assert rate < 10 / 0.25                   # 10 steps in >= 0.3 s, not 10 dispatched in 0.1 s (100 steps/s)
-  p.update(11, metrics)                      # right after a line: nothing printed, nothing waited for
-  assert capsys.readouterr().out == ""
+  assert rate == pytest.approx(10 / 2.3, abs=0.05)           # 4.3, not 10 / 2.1 = 4.8 (dispatched, unfinished)
+  clock["now"] = 104.2                       # 1.9 s after that line (it ended at 102.3): nothing, no sync
+  assert p.update(11, metrics) is None and calls == [102.1] and capsys.readouterr().out == ""
+  assert p.update(11, metrics, force=True) is not None and len(calls) == 2   # force: a line now
 
 
 def test_init_state_shape_error():

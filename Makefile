@@ -42,7 +42,7 @@ run: $(VENV)/.installed-run data
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass. JCNN_REQUIRE_TORCH=1: the
 # torch cross-checks fail (not skip) when torch is missing, since `setup` installed it ([dev] includes [bench]).
 test: setup
-	JCNN_REQUIRE_TORCH=1 $(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+	JCNN_REQUIRE_TORCH=1 $(BIN)/python -m pytest -q --durations=30; rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 test-fast: setup

@@ -133,7 +133,8 @@ def main(argv=None):
             "sharding_annotations": shardings,
             "characters": {k: {"raw": len(v["text"]), "normalised": len(v["normalised"])} for k, v in sides.items()},
             "hlo_files": {k: v["files"] for k, v in sides.items()},
-            "children": {k: v["child"] for k, v in sides.items()}, "machine": rec, "record": writers.run_record()}
+            "children": {k: v["child"] for k, v in sides.items()}, "machine": rec, "record": writers.run_record(),
+            "command": machine.command_line()}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)

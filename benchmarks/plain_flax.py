@@ -167,7 +167,7 @@ def main(argv=None):
   print(f"machine: {machine.describe(rec)}")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"rows": [r], "machine": rec, "record": writers.run_record(), "windows": args.windows,
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "rows": [r], "machine": rec, "record": writers.run_record(), "windows": args.windows,
                  "window_s": args.window_s}, f, indent=2)
     print(f"wrote {args.out}")
   return r

@@ -116,7 +116,7 @@ def main(argv=None):
   print(f"machine: {machine.describe(rec)}")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"model": "convnet", "batch": args.batch, "micro_batch": args.micro_batch,
+      json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "model": "convnet", "batch": args.batch, "micro_batch": args.micro_batch,
                  "ratio_two_one_core_over_one_two_core": ratio, "ratio_per_round": [float(r) for r in per_round],
                  "images_per_s": med, "windows": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
                  "compile": ready, "cores": [a, b], "machine": rec, "record": writers.run_record(),

@@ -7,6 +7,8 @@ the build replaces it (a marker alone on its line) with a table read from the co
   <!-- table: throughput FILE.json -->        benchmarks/throughput.py's rows
   <!-- table: sweep FILE.json -->             benchmarks/sweep_throughput.py's rows
   <!-- table: scaling FILE.json -->           benchmarks/scaling.py's rows
+  <!-- table: plain-flax FILE.json -->        benchmarks/plain_flax.py: the same convnet written the plain Flax way
+  <!-- table: two-processes FILE.json -->     benchmarks/two_processes.py: two 1-core processes against one 2-core
   <!-- table: probe FILE.json -->             benchmarks/chunk_probe.py: what the per-machine chunk probe costs
   <!-- table: precision FILE.json -->         benchmarks/throughput.py --dtype=...: each dtype against float32
 
@@ -88,6 +90,23 @@ def precision_rows(d):
   return head, rows
 
 
+def plain_flax_rows(d):
+  head = ["model", "batch", "plain Flax img/s", "jcnn `make_train_step` img/s", "jcnn's run step img/s",
+          "**jcnn / plain Flax**"]
+  return head, [[r["model"], r["batch"], _num(r["images_per_s"]["plain_flax"]), _num(r["images_per_s"]["jcnn_step"]),
+                 _num(r["images_per_s"]["jcnn_program"]),
+                 f"**{r['ratio_over_plain_flax']['jcnn_program']:.2f}** (step alone "
+                 f"{r['ratio_over_plain_flax']['jcnn_step']:.2f})"] for r in d["rows"]]
+
+
+def two_processes_rows(d):
+  ips = d["images_per_s"]
+  head = ["one process, 2 cores: img/s", "two processes, 1 core each: img/s", "**two / one**", "per-window ratios"]
+  return head, [[_num(ips["two_core"]), f"{_num(ips['one_core_a'])} + {_num(ips['one_core_b'])}",
+                 f"**{d['ratio_two_one_core_over_one_two_core']:.2f}**",
+                 f"{min(d['ratio_per_round']):.2f}-{max(d['ratio_per_round']):.2f}"]]
+
+
 def probe_rows(d):
   head = ["batch", "probe wall time (median)", "range", "chunk chosen"]
   return head, [[r["batch"], f"{r['median_s']:.1f} s", f"{min(r['seconds']):.1f}-{max(r['seconds']):.1f} s",
@@ -107,7 +126,7 @@ def scaling_rows(d):
                 for r in d["rows"]]
 
 
-BENCH = {"throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+BENCH = {"plain-flax": plain_flax_rows, "two-processes": two_processes_rows, "throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
 
 
 def _jcnn():

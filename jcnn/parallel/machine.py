@@ -146,8 +146,8 @@ def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> i
     1. JCNN_MICRO_BATCH_CPU=N if set (0 = the whole batch);
     2. with no machine cache (JCNN_MACHINE_CACHE=0, as in tests): `default`, nothing measured;
     3. else the cached choice for (CPU model, flags, cores, jax version, batch) in <cache_dir>/machine.json, measured
-       by `probe(batch)` -> {'chunk', ...} the first time (jcnn.train.step.probe_chunk: 3-9 s) and written there.
-       Delete the file to measure again.
+       by `probe(batch)` -> {'chunk', ...} the first time (jcnn.train.step.probe_chunk; what it costs:
+       benchmarks/chunk_probe.py) and written there. Delete the file to measure again.
   The probe is passed in by the train step that asks, so this module knows nothing of training."""
   env = os.environ.get("JCNN_MICRO_BATCH_CPU")
   if env:

@@ -174,8 +174,8 @@ PROBE_MARGIN = 1.03      # chunks must beat the whole batch by this much (the wh
 def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float = 0.15) -> dict:
   """Times the Keras convnet's train step (make_train_step, RMSprop) at `batch` on the whole batch and in each
   candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median}}.
-  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. 3-9 s with compiling (two programs),
-  measured once per machine and batch."""
+  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. It compiles two programs and times
+  them, once per machine and batch; what that costs: docs/performance.md (benchmarks/chunk_probe.py)."""
   model = models.get({"name": "convnet"}, num_classes=10)
   tx = make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
 

@@ -17,6 +17,11 @@ os.environ["JCNN_COMPILATION_CACHE"] = "0"
 # Nor do they measure the machine or write its per-machine choices (jcnn.parallel.machine): the chunk size is the fixed default.
 os.environ["JCNN_MACHINE_CACHE"] = "0"
 os.environ.pop("JCNN_MICRO_BATCH_CPU", None)
+# The oneDNN convolution (jcnn.nn.onednn) is compiled once per test session into a folder of its own, shared with the
+# tests' subprocesses through the environment; ~/.cache is left alone.
+if "JCNN_ONEDNN_CACHE" not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["JCNN_ONEDNN_CACHE"] = tempfile.mkdtemp(prefix="jcnn-onednn-")
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
              np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}

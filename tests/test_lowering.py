@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jcnn.nn import layers
+from jcnn.nn import layers, onednn
 
-LOWERINGS = {"patches": layers.conv_patches, "native": layers.conv_native}
+LOWERINGS = {"patches": layers.conv_patches, "native": layers.conv_native, "onednn": layers.conv_onednn}
 CASES = [  # (spatial input, kernel, strides, padding, dilation, C_in, C_out)
     ((9, 9), (3, 3), (1, 1), "VALID", (1, 1), 1, 4),
     ((9, 8), (3, 3), (2, 2), "SAME", (1, 1), 3, 5),
@@ -27,7 +27,8 @@ def _reference(x, w, strides, pads, dilation):
                                   precision=lax.Precision.HIGHEST)
 
 
-@pytest.mark.parametrize("lowering,case", [("patches", c) for c in CASES] + [("native", c) for c in CASES[1:3]],
+@pytest.mark.parametrize("lowering,case", [("patches", c) for c in CASES] + [("native", c) for c in CASES[1:3]]
+                         + [("onednn", c) for c in CASES],
                          ids=lambda c: c if isinstance(c, str) else f"{c[0]}k{c[1]}s{c[2]}p{c[3]}d{c[4]}")
 def test_conv_lowering_matches_lax(lowering, case):
   spatial, k, strides, padding, dilation, c_in, c_out = case
@@ -96,13 +97,14 @@ def test_shape_lowering_rule_and_values(monkeypatch):
       np.testing.assert_allclose(y, conv.clone(lowering="patches").apply(v, x), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_lowering_is_patches_everywhere_on_cpu(monkeypatch):
-  """CPU 'auto': im2col at a program's top level, inside lax.scan (chunked steps, CPU sweeps) and under vmap alike, so
-  a sweep variant and its standalone run compute with the same lowering ('shape' is opt-in per layer)."""
+def test_auto_lowering_is_onednn_everywhere_on_cpu(monkeypatch):
+  """CPU 'auto' (oneDNN built, nothing measured, as in tests): the oneDNN call at a program's top level, inside
+  lax.scan (chunked steps, CPU sweeps) and under vmap alike, so a sweep variant and its standalone run compute with
+  the same kernel; inside layers.xla_lowering() (ONNX export) im2col; without oneDNN im2col, with a one-line notice."""
   if jax.default_backend() != "cpu":
     pytest.skip("the rule is the CPU one")
   chosen = []
-  for name in ("native", "patches"):
+  for name in ("native", "patches", "onednn"):
     fn = getattr(layers, f"conv_{name}")
     monkeypatch.setattr(layers, f"conv_{name}", lambda *a, fn=fn, name=name: chosen.append(name) or fn(*a))
   conv = layers.Conv(4, (3, 3), padding="SAME")
@@ -113,11 +115,79 @@ def test_auto_lowering_is_patches_everywhere_on_cpu(monkeypatch):
            "scan": lambda: jax.jit(lambda v, x: jax.lax.scan(lambda c, xi: (c + jax.grad(loss)(v, xi[None])["params"]
                                                                             ["kernel"].sum(), None), 0.0, x)[0])(v, x),
            "vmap": lambda: jax.jit(jax.vmap(loss, (None, 0)))(v, x[:, None])}
-  want = {"jit(grad)": "patches", "scan": "patches", "vmap": "patches"}
   for case, run in cases.items():
     chosen.clear()
     run()
-    assert set(chosen) == {want[case]}, case
+    assert set(chosen) == {"onednn"}, case
+  chosen.clear()
+  with layers.xla_lowering():
+    jax.jit(jax.grad(loss))(v, x)
+  assert set(chosen) == {"patches"}
+  chosen.clear()
+  jax.jit(jax.grad(loss))(v, x.astype(jnp.bfloat16))                  # oneDNN here is float32 only
+  assert set(chosen) == {"patches"}
+
+
+def test_without_onednn_convs_fall_back_with_one_line(monkeypatch, capsys):
+  monkeypatch.setattr(onednn, "_prefixes", lambda: [])
+  reason = onednn.locate()
+  assert reason == "the oneDNN wheels are not installed (pip install 'jcnn[onednn]')"
+  monkeypatch.setattr(onednn, "unavailable", lambda: reason)
+  onednn.notice.cache_clear()
+  x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
+  conv = layers.Conv(4, (3, 3), padding="SAME", lowering="onednn")
+  v = conv.init(jax.random.key(0), x)
+  with jax.default_matmul_precision("highest"):
+    np.testing.assert_allclose(conv.apply(v, x), _reference(x, v["params"]["kernel"], (1, 1), [(1, 1)] * 2, (1, 1))
+                               + v["params"]["bias"], rtol=1e-5, atol=1e-5)
+    layers.Conv(4, (3, 3), padding="SAME").apply(v, x)                 # 'auto' falls back too; the notice is once
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"jcnn: oneDNN convolutions unavailable ({reason}); convolutions use XLA's lowering"]
+  onednn.notice.cache_clear()
+
+
+def test_onednn_build_failure_is_one_reason(monkeypatch, tmp_path):
+  """No compiler: build() raises a one-line reason, and nothing half-written is left in the cache."""
+  monkeypatch.setenv("JCNN_ONEDNN_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "false")
+  with pytest.raises(RuntimeError, match=r"^compiling onednn_conv.cc failed: \(no output\)$"):
+    onednn.build()
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("groups,c_in,c_out", [(2, 4, 6), (3, 3, 3)])
+def test_onednn_grouped_conv_matches_lax(groups, c_in, c_out):
+  """feature_group_count: lax's grouped HWIO kernel [kh, kw, C/g, O], O group-major."""
+  kx, kw, kg = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(kx, (2, 9, 7, c_in))
+  w = jax.random.normal(kw, (3, 3, c_in // groups, c_out))
+  pads, strides, dilation = [(1, 0), (2, 1)], (2, 1), (1, 2)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+  ours = lambda x, w: onednn.conv(x, w, strides, pads, dilation, groups)
+  g = jax.random.normal(kg, ref(x, w).shape)
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.grad(lambda x, w: (ours(x, w) * g).sum(), (0, 1))(x, w),
+                  jax.grad(lambda x, w: (ref(x, w) * g).sum(), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_onednn_race_and_cached_choice(monkeypatch, tmp_path):
+  """With a machine cache the CPU choice is raced once per layer shape (not per batch) and read back afterwards."""
+  monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
+  calls = []
+  monkeypatch.setattr(onednn, "race", lambda *a, **k: calls.append(a[0]) or {"lowering": "patches", "onednn_ms": 2.0,
+                                                                             "xla_ms": 1.0})
+  w = jnp.zeros((3, 3, 3, 4))
+  for batch in (2, 5):
+    assert onednn.choose(jnp.zeros((batch, 8, 8, 3)), w, (1, 1), [(1, 1)] * 2, (1, 1), layers.conv_patches) == "patches"
+  assert calls == [(2, 8, 8, 3)]
+  (key, entry), = __import__("json").loads((tmp_path / "conv_lowering.json").read_text()).items()
+  assert key.endswith("x (8, 8, 3) k (3, 3, 3, 4) s (1, 1) p ((1, 1), (1, 1)) d (1, 1)") and entry["xla_ms"] == 1.0
+  monkeypatch.undo()
+  monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
+  out = onednn.race((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), [(1, 1)] * 2, (1, 1), layers.conv_patches, reps=1)
+  assert out["lowering"] == ("onednn" if out["onednn_ms"] <= out["xla_ms"] else "patches") and out["xla_ms"] > 0
 
 
 POOLS = [  # (spatial, window, strides, padding)

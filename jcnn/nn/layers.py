@@ -3,14 +3,18 @@
 Everything here is a pure linen module or a pure function. Hyperparameters that a sweep varies (dropout rate, noise
 level, init scale, activation index) may be traced arrays, so `jax.vmap` can run many settings in one program.
 
-Convolutions pick a lowering per backend (`Conv.lowering`): on CPU an im2col ("patches") lowering — strided slices
-concatenated on the channel axis, then one matrix product — which XLA:CPU runs faster than its native convolution and,
-unlike the native one, keeps its speed under `vmap` (a vmapped native conv becomes a grouped conv, which XLA:CPU runs
-slowly). On GPU/TPU the native convolution. Both use the same HWIO kernel, so parameters are interchangeable.
-See benchmarks/conv_lowering.py.
+Convolutions pick a lowering per backend (`Conv.lowering`). On CPU: oneDNN's convolution through a custom call
+(jcnn.nn.onednn) wherever it is built and measured faster for the layer's shape (measured once per machine and cached),
+else an im2col ("patches") lowering — strided slices concatenated on the channel axis, then one matrix product — which
+XLA:CPU runs faster than its native convolution and, unlike the native one, keeps its speed under `vmap`. Both run the
+same code at a program's top level and inside a loop body, so a sweep variant and its standalone run round alike. On
+GPU/TPU the native convolution. All use the same HWIO kernel, so parameters are interchangeable.
+See benchmarks/conv_lowering.py and benchmarks/onednn_conv.py.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Any, Callable, Sequence, Union
@@ -20,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jcnn.nn import onednn
 
 Array = jax.Array
 Padding = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
@@ -229,14 +235,31 @@ def shape_lowering(kernel: Sequence[int], out_spatial: Sequence[int]) -> str:
 
 
 def default_lowering() -> str:
-  """'native' on GPU/TPU (cuDNN / TPU convs are the fast path); 'patches' on CPU, wherever the conv is traced.
-  'shape' (per layer, native for 3x3 layers at the top level of a program) trained ResNet-20 1.45-1.62x faster, but a
-  sweep's variants run inside a loop body, where native is 16x slower: a run and its sweep variant would then use
-  different lowerings and round differently, and "variant k = its standalone run" needs one lowering for both. So
-  'shape' is opt-in per layer (Conv(lowering='shape')); measured in docs/performance.md."""
+  """'native' on GPU/TPU (cuDNN / TPU convs are the fast path); on CPU 'cpu': per layer shape, oneDNN where it is
+  available and measured faster (onednn.choose), else 'patches' — the same choice wherever the conv is traced.
+  'shape' (XLA's native conv for 3x3 layers at the top level of a program) stays opt-in: inside a loop body native is
+  16x slower, so a run and its sweep variant would use different lowerings (docs/performance.md)."""
   if jax.default_backend() != "cpu":
     return "native"
-  return "patches"
+  return "cpu"
+
+
+_XLA_ONLY = contextvars.ContextVar("jcnn_xla_only", default=False)
+
+
+@contextlib.contextmanager
+def xla_lowering():
+  """Within it, convolutions traced on CPU use XLA's own lowering ('patches') instead of the oneDNN custom call: for
+  programs that leave JAX (ONNX export: a custom call cannot be exported). Read while tracing, never inside a program."""
+  token = _XLA_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _XLA_ONLY.reset(token)
+
+
+def conv_onednn(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  return onednn.conv(x, kernel, strides, pads, dilation)
 
 
 class Conv(nn.Module):
@@ -252,8 +275,9 @@ class Conv(nn.Module):
   use_bias: bool = True
   init_scale: Union[float, Array] = 1.0
   kernel_init: Callable = DEFAULT_KERNEL_INIT
-  # 'auto' (default_lowering: im2col on CPU, native on GPU/TPU) |
-  # 'patches' | 'native' | 'shape' (layers.shape_lowering, wherever traced)
+  # 'auto' (default_lowering: on CPU oneDNN or im2col per layer shape, measured; native on GPU/TPU) |
+  # 'onednn' (jcnn.nn.onednn; im2col where it is unavailable) | 'patches' | 'native' |
+  # 'shape' (layers.shape_lowering, wherever traced)
   lowering: str = "auto"
 
   @nn.compact
@@ -271,13 +295,20 @@ class Conv(nn.Module):
         raise ValueError(f"{self.name or 'Conv'}: input of spatial size {tuple(x.shape[1:-1])} is smaller than its "
                          f"{ks} kernel (padding {pads}); use a larger input, padding, or fewer downsampling layers")
     kernel = self.param("kernel", scaled(self.kernel_init, self.init_scale), ks + (x.shape[-1], self.features))
+    kernel = kernel.astype(x.dtype)
     lowering = default_lowering() if self.lowering == "auto" else self.lowering
-    if lowering == "shape":
+    if lowering in ("cpu", "onednn") and _XLA_ONLY.get():
+      lowering = "patches"
+    if lowering == "cpu":
+      lowering = onednn.choose(x, kernel, strides, pads, dilation, conv_patches)
+    elif lowering == "onednn":
+      lowering = "onednn" if onednn.usable(x, kernel) else "patches"
+    elif lowering == "shape":
       out = [conv_output_size(n + lo + hi, k, 0, s, d) for n, k, (lo, hi), s, d in zip(x.shape[1:-1], ks, pads, strides,
                                                                                          dilation)]
       lowering = shape_lowering(ks, out)
-    fn = conv_patches if lowering == "patches" else conv_native
-    y = fn(x, kernel.astype(x.dtype), strides, pads, dilation)
+    fn = {"patches": conv_patches, "native": conv_native, "onednn": conv_onednn}[lowering]
+    y = fn(x, kernel, strides, pads, dilation)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
     return y

@@ -13,13 +13,13 @@ won (4,881 vs 4,646 img/s). No rule from cache sizes was shown to predict both, 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import json
 import os
 import sys
 import time
 from typing import Callable
+
+from jcnn.nn import measured
 
 # The /proc/cpuinfo flags worth recording: the vector extensions XLA:CPU, oneDNN and PyTorch pick kernels by.
 FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
@@ -124,13 +124,7 @@ def describe(rec: dict) -> str:
 PROBE_VERSION = 2        # bump when the probe (or what it times) changes: old cache entries are then measured again
 
 
-def cache_dir() -> str | None:
-  """$JCNN_MACHINE_CACHE, else $XDG_CACHE_HOME/jcnn (~/.cache/jcnn); JCNN_MACHINE_CACHE=0 (or empty): no cache, no
-  measurement (tests/conftest.py sets it: tests never time anything behind the user's back nor write ~/.cache)."""
-  env = os.environ.get("JCNN_MACHINE_CACHE")
-  if env is not None:
-    return None if env in ("", "0") else env
-  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jcnn")
+cache_dir = measured.cache_dir
 
 
 def _key(batch: int) -> str:
@@ -152,26 +146,6 @@ def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> i
   env = os.environ.get("JCNN_MICRO_BATCH_CPU")
   if env:
     return int(env) or batch
-  folder = cache_dir()
-  if folder is None:
+  if cache_dir() is None:
     return default
-  path, key = os.path.join(folder, "machine.json"), _key(batch)
-  try:
-    with open(path) as f:
-      table = json.load(f)
-  except (OSError, ValueError):
-    table = {}
-  if key not in table:
-    # In a thread of its own: this runs while a step is being traced, and JAX's tracing state is per thread, so the
-    # probe's programs compile and run now instead of being staged into the caller's trace.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      table[key] = pool.submit(probe, batch).result() | {"time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    try:
-      os.makedirs(folder, exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp"
-      with open(tmp, "w") as f:
-        json.dump(table, f, indent=1)
-      os.replace(tmp, path)                    # atomic: a concurrent run reads the old or the new table, never half
-    except OSError:
-      pass                                     # a read-only home: measured again next run, still correct
-  return int(table[key]["chunk"])
+  return int(measured.lookup("machine.json", _key(batch), lambda: probe(batch))["chunk"])

@@ -11,9 +11,10 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# `make run` needs only jcnn itself; `make test` installs [dev] (pytest, hypothesis, tensorboard, TFDS, torch, export, docs).
+# `make run` needs jcnn and its oneDNN convolutions ([onednn]; without them convolutions stay on XLA's lowering);
+# `make test` installs [dev] (pytest, hypothesis, tensorboard, TFDS, torch, export, docs, onednn).
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[onednn]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate

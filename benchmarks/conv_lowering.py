@@ -10,7 +10,10 @@ unvmapped call (<= 1.0: the vmapped program is at least as fast as V separate ru
   native   lax.conv_general_dilated (XLA:CPU's convolution; under vmap a grouped convolution)
   patches  im2col from kernel-size strided slices + one matmul (jcnn's CPU default; a batched matmul under vmap)
   shifted  sum over kernel offsets of (shifted slice @ kernel[offset]); no patch tensor
-Windows alternate between lowerings; medians of --windows windows.
+  onednn   oneDNN's convolution through a custom call (jcnn.nn.onednn; a sequential loop under vmap)
+Windows alternate between lowerings; medians of --windows windows. Each V=1 time is also given as GFLOP/s and as a
+share of the 2048^3 float32 matmul rate measured in the same run ("matmul_share"; the conv's multiply-adds x 2:
+forward 1 conv, training 2 (kernel gradient) or 3 (and the input's)).
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ def conv_shifted(x, kernel, strides, pads, dilation):
   return y
 
 
-LOWERINGS = {"native": layers.conv_native, "patches": layers.conv_patches, "shifted": conv_shifted}
+LOWERINGS = {"native": layers.conv_native, "patches": layers.conv_patches, "shifted": conv_shifted,
+             "onednn": layers.conv_onednn}
 SHAPES = {  # name -> (spatial in, C_in, C_out, kernel, stride, padding, needs input grad)
     "convnet/conv1": (28, 1, 32, 3, 1, "VALID", False),
     "convnet/conv2": (13, 32, 64, 3, 1, "VALID", True),
@@ -65,6 +69,14 @@ SHAPES = {  # name -> (spatial in, C_in, C_out, kernel, stride, padding, needs i
     "densenet/b1_3x3": (32, 48, 12, 3, 1, "SAME", True),
     "densenet/b3_3x3": (8, 48, 12, 3, 1, "SAME", True),
 }
+
+
+def flops(shape, mode, batch) -> float:
+  """Floating-point operations of one call: 2 x multiply-adds of the conv, times the passes the mode runs."""
+  n, c_in, c_out, k, s, padding, input_grad = shape
+  out = layers.conv_output_size(n, k, (k - 1) // 2 if padding == "SAME" else 0, s)
+  one = 2.0 * batch * out * out * c_out * k * k * c_in
+  return one * (1 if mode == "fwd" else 3 if input_grad else 2)
 
 
 def make_fn(lowering, shape, mode, v):
@@ -108,6 +120,7 @@ def main(argv=None):
   lowerings = args.lowerings.split(",")
   rows = []
   key = jax.random.key(0)
+  matmul = machine.matmul_gflops()
   print(f"batch {args.batch}, V={args.variants}; ms per call (median of {windows}); 'per variant' = vmapped time / V "
         f"/ unvmapped time")
   for name in names:
@@ -122,15 +135,17 @@ def main(argv=None):
         ms = bench({lo: make_fn(lo, shape, mode, v) for lo in lowerings}, (x, w), windows, reps=3)
         row[f"V{v}"] = ms
       row["per_variant"] = {lo: row[f"V{args.variants}"][lo] / args.variants / row["V1"][lo] for lo in lowerings}
+      row["gflops"] = {lo: flops(shape, mode, args.batch) / row["V1"][lo] / 1e6 for lo in lowerings}
+      row["matmul_share"] = {lo: g / matmul for lo, g in row["gflops"].items()}
       row["native_over_patches"] = (row["V1"]["patches"] / row["V1"]["native"]
                                     if {"native", "patches"} <= set(lowerings) else None)
       rows.append(row)
-      cells = "  ".join(f"{lo} {row['V1'][lo]:7.2f} / {row[f'V{args.variants}'][lo]:8.2f} ({row['per_variant'][lo]:.2f})"
-                        for lo in lowerings)
+      cells = "  ".join(f"{lo} {row['V1'][lo]:7.2f} / {row[f'V{args.variants}'][lo]:8.2f} ({row['per_variant'][lo]:.2f}; "
+                        f"{row['matmul_share'][lo]:.0%})" for lo in lowerings)
       print(f"{name:22s} {mode:5s} V1 / V{args.variants} ms: {cells}", flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      rec = machine.record()
+      rec = machine.record(matmul)
       print(f"machine: {machine.describe(rec)}")
       json.dump({"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "batch": args.batch, "variants": args.variants, "windows": windows, "rows": rows,
                  "jax": jax.__version__}, f, indent=2)

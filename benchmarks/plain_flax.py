@@ -1,10 +1,13 @@
-"""jcnn's convnet train step against the same convnet written the plain Flax way (the baseline of issue 5).
+"""jcnn's train step against the same network written the plain Flax way (the baselines of issues 5 and 23).
 
-  python benchmarks/plain_flax.py                                  # batch 64, 7 windows of ~1 s
+  python benchmarks/plain_flax.py                                  # the convnet at batch 64, 7 windows of ~1 s
   python benchmarks/plain_flax.py --batch=64 --windows=5 --window_s=0.5 --out=benchmarks/results/plain_flax.json
+  python benchmarks/plain_flax.py --model=resnet20 --batch=128 --windows=3
 
-The plain Flax step: the Keras MNIST convnet as `nn.Conv` / `nn.max_pool` / `nn.Dense` (93,322 parameters, checked
-equal to jcnn's), optax RMSprop with jcnn's settings (lr 1e-3, decay 0.9, eps 1e-7), softmax cross-entropy, one
+The plain Flax step: the Keras MNIST convnet as `nn.Conv` / `nn.max_pool` / `nn.Dense` (93,322 parameters), optax
+RMSprop with jcnn's settings (lr 1e-3, decay 0.9, eps 1e-7); or ResNet-20 (He et al. 2016, option-A shortcuts) as
+`nn.Conv` / `nn.BatchNorm` / `nn.Dense` (269,722 parameters), optax SGD with momentum 0.9 at lr 0.1 — parameter
+counts checked equal to jcnn's; softmax cross-entropy, one
 `jax.jit` step with the parameters and optimizer state donated, fed batches already on the device. jcnn runs
 (1) `train.make_train_step` on the same model config, optimizer and batches, jitted with the state donated
 ('jcnn_step'), and (2) its real path, the one loop's program step as benchmarks/throughput.py times it (batch
@@ -52,27 +55,54 @@ class PlainConvNet(nn.Module):
     return nn.Dense(10)(x)                                                                # [B, 10] logits
 
 
-def plain_tx():
-  return optax.rmsprop(1e-3, decay=0.9, eps=1e-7)
+class PlainResNet20(nn.Module):
+  """CIFAR ResNet-20 written with flax.linen's own layers: 3 stages of 3 basic blocks (16, 32, 64 channels)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):                           # [B, 32, 32, 3]
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
+    x = nn.relu(bn()(nn.Conv(16, (3, 3), padding="SAME", use_bias=False)(x)))            # [B, 32, 32, 16]
+    for width, first_stride in ((16, 1), (32, 2), (64, 2)):
+      for i in range(3):
+        s = first_stride if i == 0 else 1
+        y = nn.relu(bn()(nn.Conv(width, (3, 3), s, padding="SAME", use_bias=False)(x)))
+        y = bn()(nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(y))
+        if s != 1 or x.shape[-1] != width:                             # option A: subsample, zero-pad channels
+          x = x[:, ::s, ::s]
+          extra = width - x.shape[-1]
+          x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        x = nn.relu(x + y)
+    return nn.Dense(10)(x.mean(axis=(1, 2)))                           # [B, 10] logits
 
 
-def build_plain(batches_x, batches_y):
+PLAIN = {  # name -> (module, optimizer)
+    "convnet": (PlainConvNet, lambda: optax.rmsprop(1e-3, decay=0.9, eps=1e-7)),
+    "resnet20": (PlainResNet20, lambda: optax.sgd(0.1, momentum=0.9)),
+}
+
+
+def build_plain(name, batches_x, batches_y):
   """(train_n, info): the plain Flax step over pre-gathered device batches."""
-  model, tx = PlainConvNet(), plain_tx()
-  params = jax.jit(model.init)(jax.random.key(0), batches_x[0][:1])["params"]
-  box = {"state": (params, tx.init(params)), "i": 0}
+  module, make_tx = PLAIN[name]
+  model, tx = module(), make_tx()
+  variables = jax.jit(model.init)(jax.random.key(0), batches_x[0][:1])
+  params, stats = variables["params"], variables.get("batch_stats", {})
+  box = {"state": (params, stats, tx.init(params)), "i": 0}
 
   def step_impl(state, x, y):
-    params, opt_state = state
+    params, stats, opt_state = state
 
     def loss_fn(p):
-      logits = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+      if stats:
+        logits, new = model.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+      else:
+        logits, new = model.apply({"params": p}, x), {"batch_stats": stats}
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, new["batch_stats"])
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), {"loss": loss,
-                                                                "accuracy": (logits.argmax(-1) == y).mean()}
+    return (optax.apply_updates(params, updates), stats, opt_state), {"loss": loss,
+                                                                       "accuracy": (logits.argmax(-1) == y).mean()}
 
   step = jax.jit(step_impl, donate_argnums=0)
 
@@ -89,9 +119,9 @@ def build_plain(batches_x, batches_y):
   return train_n, {"compile_s": time.perf_counter() - t0, "params": summary.count_params(params)}
 
 
-def build_jcnn_step(batches_x, batches_y):
-  """(train_n, info): train.make_train_step on jcnn's convnet (same config, optimizer settings, batches)."""
-  cfg, _, optim = throughput.CASES["convnet"]
+def build_jcnn_step(name, batches_x, batches_y):
+  """(train_n, info): train.make_train_step on jcnn's model (same config, optimizer settings, batches)."""
+  cfg, _, optim = throughput.CASES[name]
   model = models.get(cfg, num_classes=10)
   tx = train.make_optimizer(optim)
   state = train.init_state(model, tx, jax.random.key(0), batches_x[0])
@@ -113,17 +143,17 @@ def build_jcnn_step(batches_x, batches_y):
                    "train_chunk": train.micro_batch_size(batches_x[0].shape[0], 0, False)}
 
 
-def run(batch: int, windows: int, window_s: float) -> dict:
+def run(batch: int, windows: int, window_s: float, name: str = "convnet") -> dict:
   rng = np.random.default_rng(0)
   n = throughput.N_IMAGES
-  x = rng.random((n, 28, 28, 1), np.float32)
+  x = rng.random((n,) + throughput.CASES[name][1], np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   order = rng.permutation(n)[: (n // batch) * batch].reshape(-1, batch)
   bx = [jnp.asarray(x[o]) for o in order]
   by = [jnp.asarray(y[o]) for o in order]
-  plain_train, plain_info = build_plain(bx, by)
-  step_train, step_info = build_jcnn_step(bx, by)
-  prog_train, _, prog_info = throughput.build_jcnn("convnet", batch, jnp.asarray(x), jnp.asarray(y),
+  plain_train, plain_info = build_plain(name, bx, by)
+  step_train, step_info = build_jcnn_step(name, bx, by)
+  prog_train, _, prog_info = throughput.build_jcnn(name, batch, jnp.asarray(x), jnp.asarray(y),
                                                    jnp.asarray(order))
   if not plain_info["params"] == step_info["params"] == prog_info["params"]:
     raise AssertionError(f"parameter counts differ: plain {plain_info['params']:,}, jcnn {step_info['params']:,}")
@@ -138,7 +168,7 @@ def run(batch: int, windows: int, window_s: float) -> dict:
   med = {k: float(np.median(v)) for k, v in rates.items()}
   ratio = {k: float(np.median(np.array(rates[k]) / np.array(rates["plain_flax"]))) for k in ("jcnn_step",
                                                                                               "jcnn_program")}
-  return {"model": "convnet", "batch": batch, "params": plain_info["params"], "train_chunk": step_info["train_chunk"],
+  return {"model": name, "batch": batch, "params": plain_info["params"], "train_chunk": step_info["train_chunk"],
           "images_per_s": med, "steps_per_s": {k: v / batch for k, v in med.items()},
           "ratio_over_plain_flax": ratio,
           "epoch_s": {k: EPOCH_IMAGES / v for k, v in med.items()},
@@ -149,6 +179,7 @@ def run(batch: int, windows: int, window_s: float) -> dict:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="convnet", choices=sorted(PLAIN))
   p.add_argument("--batch", type=int, default=64)
   p.add_argument("--windows", type=int, default=7, help="timed windows per implementation (median)")
   p.add_argument("--window_s", type=float, default=1.0, help="seconds per window")
@@ -156,10 +187,10 @@ def main(argv=None):
   args = p.parse_args(argv)
   mm = throughput.make_matmul()
   matmul = mm()
-  r = run(args.batch, args.windows, args.window_s)
+  r = run(args.batch, args.windows, args.window_s, args.model)
   rec = machine.record(float(np.median([matmul, mm()])))
   m, q, e = r["images_per_s"], r["ratio_over_plain_flax"], r["epoch_s"]
-  print(f"convnet batch {r['batch']} (chunk {r['train_chunk']}), {args.windows} windows of ~{args.window_s}s, "
+  print(f"{r['model']} batch {r['batch']} (chunk {r['train_chunk']}), {args.windows} windows of ~{args.window_s}s, "
         f"medians; ratio = median of per-window ratios")
   for k in ("plain_flax", "jcnn_step", "jcnn_program"):
     print(f"  {k:13s} {m[k]:8.0f} img/s  {m[k] / r['batch']:6.1f} steps/s  epoch ~{e[k]:5.1f} s  compile "

@@ -37,6 +37,48 @@ def timed(fn, steps):
   return time.perf_counter() - t
 
 
+def measure(config, ds, V: int, strategies, windows: int, model_images: int, run_single) -> list[dict]:
+  """Rows {V, strategy, sweep / sequential model-images/s, ratio, compile_s} for V seeds of `config` in one program
+  per strategy, windows alternating with `run_single` (one step of the single-model program)."""
+  batch = config.train.batch_size
+  rows = []
+  sw = sweep.default_sweep()
+  sw.seeds = V
+  sw.dropout_rate = (0.25,)
+  variants = sweep.variants_of(config, sw)
+  progs = {}
+  for strategy in strategies:
+    prog = sweep.program(sweep.make_group_fns(config, ds, ["dropout_rate"], strategy), ds, variants)
+    t = time.perf_counter()
+    b = prog.batches(1)
+    carry = [prog.step(prog.init(), b)]
+    jax.block_until_ready(carry)
+    compile_s = time.perf_counter() - t
+
+    def run(prog=prog, carry=carry, b=b):
+      carry[0] = prog.step(carry[0], b)
+      return carry[0].acc
+
+    progs[strategy] = (run, compile_s)
+  steps = max(1, model_images // (batch * V))
+  single_steps = max(1, model_images // batch)
+  rates = {"sequential": []} | {s: [] for s in progs}
+  run_single()
+  for _ in range(windows):  # alternate: sequential, then each strategy
+    rates["sequential"].append(single_steps * batch / timed(run_single, single_steps))
+    for s, (run, _) in progs.items():
+      rates[s].append(steps * batch * V / timed(run, steps))
+  med = {k: float(np.median(v)) for k, v in rates.items()}
+  for s, (_, compile_s) in progs.items():
+    row = {"V": V, "strategy": s, "sweep_model_images_per_s": med[s],
+           "sequential_model_images_per_s": med["sequential"], "ratio": med[s] / med["sequential"],
+           "compile_s": compile_s}
+    rows.append(row)
+    print(f"V={V:<3} {s:<5} sweep {med[s]:8.0f} model-img/s | sequential {med['sequential']:8.0f} | "
+          f"ratio {row['ratio']:.2f} | compile {compile_s:.1f}s", flush=True)
+  return rows
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variants", default="1,2,4,8,16")
@@ -71,40 +113,7 @@ def main():
   print(f"backend {jax.default_backend()}, batch {args.batch}; single-model compile {single_compile:.1f}s", flush=True)
   rows = []
   for V in [int(v) for v in args.variants.split(",")]:
-    sw = sweep.default_sweep()
-    sw.seeds = V
-    sw.dropout_rate = (0.25,)
-    variants = sweep.variants_of(config, sw)
-    progs = {}
-    for strategy in args.strategies.split(","):
-      prog = sweep.program(sweep.make_group_fns(config, ds, ["dropout_rate"], strategy), ds, variants)
-      t = time.perf_counter()
-      b = prog.batches(1)
-      carry = [prog.step(prog.init(), b)]
-      jax.block_until_ready(carry)
-      compile_s = time.perf_counter() - t
-
-      def run(prog=prog, carry=carry, b=b):
-        carry[0] = prog.step(carry[0], b)
-        return carry[0].acc
-
-      progs[strategy] = (run, compile_s)
-    steps = max(1, args.model_images // (args.batch * V))
-    single_steps = max(1, args.model_images // args.batch)
-    rates = {"sequential": []} | {s: [] for s in progs}
-    run_single()
-    for _ in range(args.windows):  # alternate: sequential, then each strategy
-      rates["sequential"].append(single_steps * args.batch / timed(run_single, single_steps))
-      for s, (run, _) in progs.items():
-        rates[s].append(steps * args.batch * V / timed(run, steps))
-    med = {k: float(np.median(v)) for k, v in rates.items()}
-    for s, (_, compile_s) in progs.items():
-      row = {"V": V, "strategy": s, "sweep_model_images_per_s": med[s],
-             "sequential_model_images_per_s": med["sequential"], "ratio": med[s] / med["sequential"],
-             "compile_s": compile_s}
-      rows.append(row)
-      print(f"V={V:<3} {s:<5} sweep {med[s]:8.0f} model-img/s | sequential {med['sequential']:8.0f} | "
-            f"ratio {row['ratio']:.2f} | compile {compile_s:.1f}s", flush=True)
+    rows += measure(config, ds, V, args.strategies.split(","), args.windows, args.model_images, run_single)
   rec = machine.record()
   print(f"machine: {machine.describe(rec)}")
   result = {"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,

@@ -27,6 +27,7 @@ import numpy as np
 from jcnn.data.preprocess import apply as apply_preprocessing
 from jcnn.data.sources import CLASS_NAMES
 from jcnn.errors import UserError
+from jcnn.nn import layers
 from jcnn.train import tasks
 
 
@@ -260,7 +261,9 @@ def to_onnx(p: Predictor, path: str) -> str:
   spec = jax.ShapeDtypeStruct(("B",) + tuple(p.raw_shape), jnp.int32 if tokens else jnp.float32)
   fn = lambda images: tasks.predictions(p.task, p.model.apply(p.variables, p.prepare(images), train=False), p.target)
   try:
-    proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=[input_name(p)], output_names=[output_name(p)])
+    with layers.xla_lowering():               # a oneDNN custom call cannot be exported: trace XLA's convolutions
+      proto = convert(fn, inputs=[spec], model_name="jcnn", input_names=[input_name(p)],
+                      output_names=[output_name(p)])
   except Exception as e:  # pylint: disable=broad-except
     raise ExportError(f"jax2onnx could not convert {type(p.model).__name__} ({str(e).strip().splitlines()[0][:200]})"
                       f"; see docs/inference.md's export table") from None

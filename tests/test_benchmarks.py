@@ -1,4 +1,5 @@
 """benchmarks/throughput.py's PyTorch twins: same parameter counts as jcnn's models, and they run."""
+import json
 import os
 import sys
 
@@ -77,3 +78,47 @@ def test_mesh_same_hlo_normalise_drops_only_annotations():
   assert mesh_same_hlo.normalise(plain) == mesh_same_hlo.normalise(mesh)
   assert mesh_same_hlo.normalise(plain) != mesh_same_hlo.normalise(mesh.replace("add(", "multiply("))
   assert mesh_same_hlo.normalise(plain) != mesh_same_hlo.normalise(mesh.replace("f32[2]{0} param", "f32[3]{0} param"))
+
+
+def _leaves_in_order(tree):
+  """A parameter tree's leaves in creation order (flax keeps it; jax.tree.leaves would sort 'Conv_10' before 'Conv_2')."""
+  for v in tree.values():
+    yield from (_leaves_in_order(v) if isinstance(v, dict) else [v])
+
+
+def test_plain_flax_resnet20_is_jcnns_resnet20():
+  """benchmarks/plain_flax.py --model=resnet20: the paper's 269,722 parameters (He et al. 2016: 0.27M), and jcnn's
+  resnet20 variables poured into it in creation order give the same logits."""
+  import plain_flax  # pylint: disable=g-import-not-at-top
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  jc = models.get({"name": "resnet20"}, num_classes=10)
+  v = jax.jit(lambda k: jc.init(k, x, train=False))(jax.random.key(1))
+  v = {"params": v["params"], "batch_stats": jax.tree.map(lambda a: a + 0.1, v["batch_stats"])}  # not identity stats
+  plain = plain_flax.PlainResNet20()
+  shapes = jax.eval_shape(lambda k: plain.init(k, x, train=False), jax.random.key(2))
+  assert sum(a.size for a in jax.tree.leaves(shapes["params"])) == 269_722
+  poured = {}
+  for col in ("params", "batch_stats"):
+    ours = iter(list(_leaves_in_order(v[col])))
+    poured[col] = jax.tree.map(lambda s: next(ours), shapes[col])
+    assert jax.tree.map(jnp.shape, poured[col]) == jax.tree.map(lambda s: s.shape, shapes[col])
+  got = jax.jit(lambda v: plain.apply(v, x, train=False))(poured)
+  want = jax.jit(lambda v: jc.apply(v, x, train=False))(v)
+  assert float(jnp.abs(want).max()) > 1e-3
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_suite_runs_on_cpu_with_tiny_sizes(tmp_path):
+  """benchmarks/gpu_suite.py, kept for when a GPU is lent: every part runs and lands in the JSON (on CPU the device
+  reports no memory, so the peak is null)."""
+  import gpu_suite  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "gpu.json"
+  gpu_suite.main(["--tiny", f"--out={out}"])
+  r = json.loads(out.read_text())
+  assert r["device"]["backend"] == "cpu" and r["machine"]["cores"] >= 1 and "--tiny" in r["command"]
+  assert [(t["model"], t["dtype"]) for t in r["train"]] == [("convnet", "float32"), ("convnet", "bfloat16")]
+  assert all(t["images_per_s"] > 0 and t["compile_s"] > 0 for t in r["train"])
+  (s,) = r["sweep"]
+  assert s["V"] == 2 and s["ratio"] == s["sweep_model_images_per_s"] / s["sequential_model_images_per_s"] > 0
+  (m,) = r["memory"]
+  assert m["rule_bytes"] == 2 * m["rule_bytes_per_variant"] > 0 and m["device_peak_bytes"] is None

@@ -138,6 +138,24 @@ def test_onnx_of_a_standardised_padded_run_matches_on_raw_images(padded, tmp_pat
     np.testing.assert_allclose(got, np.asarray(p.predict(x)), rtol=0, atol=1e-6)
 
 
+def test_export_traces_xla_convolutions_whether_or_not_onednn_is_built(padded, tmp_path, monkeypatch):
+  """A custom call cannot be exported: ONNX export traces XLA's convolution lowering, so the file is the same graph
+  with oneDNN built (predict then runs oneDNN's convolutions) and without it."""
+  import onnx  # pylint: disable=g-import-not-at-top
+  from jcnn.nn import onednn  # pylint: disable=g-import-not-at-top
+  p, _ = padded
+  assert onednn.unavailable() is None
+  graphs = []
+  for off in (False, True):
+    if off:
+      monkeypatch.setattr(onednn, "unavailable", lambda: "turned off by JCNN_ONEDNN=0")
+    g = onnx.load(export.to_onnx(p, str(tmp_path / f"m{int(off)}.onnx"))).graph
+    graphs.append(([n.op_type for n in g.node], [n.domain for n in g.node],
+                   sorted((i.name, onnx.numpy_helper.to_array(i).tobytes()) for i in g.initializer)))
+  assert graphs[0] == graphs[1] and set(graphs[0][1]) <= {"", "ai.onnx"}        # standard ops only, no custom call
+  assert "Conv" not in graphs[0][0] and "MatMul" in graphs[0][0]                # the im2col lowering: slices + MatMul
+
+
 def test_mode_predict_and_export_end_to_end(tmp_path):
   """The README's three steps: train, predict on PNG files, export and run the file with onnxruntime alone."""
   rng = np.random.default_rng(0)

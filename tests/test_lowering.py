@@ -173,21 +173,23 @@ def test_onednn_grouped_conv_matches_lax(groups, c_in, c_out):
 
 
 def test_onednn_race_and_cached_choice(monkeypatch, tmp_path):
-  """With a machine cache the CPU choice is raced once per layer shape (not per batch) and read back afterwards."""
+  """With a machine cache the CPU choice is raced once per layer shape and read back afterwards."""
   monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
   calls = []
   monkeypatch.setattr(onednn, "race", lambda *a, **k: calls.append(a[0]) or {"lowering": "patches", "onednn_ms": 2.0,
                                                                              "xla_ms": 1.0})
   w = jnp.zeros((3, 3, 3, 4))
-  for batch in (2, 5):
+  for batch in (2, 5, 2):
     assert onednn.choose(jnp.zeros((batch, 8, 8, 3)), w, (1, 1), [(1, 1)] * 2, (1, 1), layers.conv_patches) == "patches"
-  assert calls == [(2, 8, 8, 3)]
-  (key, entry), = __import__("json").loads((tmp_path / "conv_lowering.json").read_text()).items()
-  assert key.endswith("x (8, 8, 3) k (3, 3, 3, 4) s (1, 1) p ((1, 1), (1, 1)) d (1, 1)") and entry["xla_ms"] == 1.0
+  assert calls == [(2, 8, 8, 3), (5, 8, 8, 3)]
+  table = __import__("json").loads((tmp_path / "conv_lowering.json").read_text())
+  assert sorted(k.split("|")[-1] for k in table) == [
+      f"x ({b}, 8, 8, 3) k (3, 3, 3, 4) s (1, 1) p ((1, 1), (1, 1)) d (1, 1)" for b in (2, 5)]
+  assert {e["xla_ms"] for e in table.values()} == {1.0}
   monkeypatch.undo()
   monkeypatch.setenv("JCNN_MACHINE_CACHE", str(tmp_path))
   out = onednn.race((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), [(1, 1)] * 2, (1, 1), layers.conv_patches, reps=1)
-  assert out["lowering"] == ("onednn" if out["onednn_ms"] <= out["xla_ms"] else "patches") and out["xla_ms"] > 0
+  assert out["lowering"] == ("onednn" if out["onednn_ms"] * 1.10 <= out["xla_ms"] else "patches") and out["xla_ms"] > 0
 
 
 POOLS = [  # (spatial, window, strides, padding)

@@ -108,3 +108,16 @@ def test_chunk_choice_measures_once_and_caches(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "machine.json").read_text())[machine._key(128)]["chunk"] == 32
   finally:
     machine.cpu_micro_batch.cache_clear()
+
+
+def test_chunk_choice_pairs_windows():
+  """The probe compares each window's chunked rate with the whole batch's in the same window: a machine that slows
+  down half-way (windows 3-5 at half speed) does not make a chunk size that lost every window look faster, as
+  comparing separate medians did (chunk 16: median 700 > whole batch 600, yet 0.9x in each window)."""
+  from jcnn.train import step  # pylint: disable=g-import-not-at-top
+  whole = [1000.0, 1000.0, 600.0, 500.0, 500.0]
+  chunked = [900.0, 900.0, 700.0, 450.0, 450.0]              # windows 1-2 ran while the other had the fast machine
+  out = step.choose_chunk(64, {64: whole, 16: chunked})
+  assert out["chunk"] == 64 and out["ratio"] == {"16": 0.9}
+  assert step.choose_chunk(64, {64: whole, 16: [w * 1.05 for w in whole]})["chunk"] == 16     # 1.05 >= 1.03
+  assert step.choose_chunk(64, {64: whole, 16: [w * 1.02 for w in whole]})["chunk"] == 64     # within the margin

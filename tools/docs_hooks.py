@@ -126,7 +126,16 @@ def scaling_rows(d):
                 for r in d["rows"]]
 
 
-BENCH = {"plain-flax": plain_flax_rows, "two-processes": two_processes_rows, "throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+def conv_share_rows(d):
+  """benchmarks/conv_lowering.py: per layer, the training call (forward + gradients) in ms and as a share of the
+  machine's matmul rate, for each lowering timed."""
+  lows = list(d["rows"][0]["V1"])
+  head = ["layer (training: forward + gradients)"] + [f"{lo}: ms (share of matmul rate)" for lo in lows]
+  return head, [[r["layer"]] + [f"{r['V1'][lo]:.1f} ({r['matmul_share'][lo]:.0%})" for lo in lows]
+                for r in d["rows"] if r["mode"] == "train"]
+
+
+BENCH = {"conv-share": conv_share_rows, "plain-flax": plain_flax_rows, "two-processes": two_processes_rows, "throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
 
 
 def _jcnn():

@@ -22,7 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from jax.extend import core as jcore
+
+from jcnn.nn import layers
 
 
 def count_params(tree) -> int:
@@ -90,7 +93,8 @@ def flops_per_example(model: nn.Module, input_shape: Sequence[int], input_dtype=
   """Forward-pass FLOPs for one example, from XLA's cost analysis of the lowered (unoptimised) program."""
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), input_dtype)
   variables = _abstract_variables(model, x)
-  cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
+  with layers.xla_lowering():        # XLA's cost analysis cannot see inside a oneDNN custom call
+    cost = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", float("nan")))
@@ -362,7 +366,8 @@ def analyze(model: nn.Module, input_shape: Sequence[int], depth: int = 1, variab
       y = model.apply(v, x, train=False, rngs={"dropout": jax.random.key(1)})
     return [y] + [c["out"] for c in calls]
 
-  closed, out_shapes = jax.make_jaxpr(forward, return_shape=True)(abstract, x)
+  with layers.xla_lowering():        # the rules read XLA primitives, not a oneDNN custom call
+    closed, out_shapes = jax.make_jaxpr(forward, return_shape=True)(abstract, x)
   n_var = len(jax.tree.leaves(abstract))
   nd = _spatial_axes(input_shape)
   x_info = _Info({k: (1 + k, 0, 1, 1) for k in range(nd)}, 0)

@@ -121,7 +121,7 @@ def describe(rec: dict) -> str:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Per-machine chunk size.
-PROBE_VERSION = 2        # bump when the probe (or what it times) changes: old cache entries are then measured again
+PROBE_VERSION = 3        # bump when the probe (or what it times) changes: old cache entries are then measured again
 
 
 cache_dir = measured.cache_dir

@@ -171,11 +171,14 @@ def micro_batch_size(batch: int, micro_batch: int = 0, batch_norm: bool = False)
 PROBE_MARGIN = 1.03      # chunks must beat the whole batch by this much (the whole batch is the simpler program)
 
 
-def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float = 0.15) -> dict:
+def probe_chunk(batch: int, candidates=(16,), windows: int = 5, window_s: float = 0.3) -> dict:
   """Times the Keras convnet's train step (make_train_step, RMSprop) at `batch` on the whole batch and in each
-  candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median}}.
-  The whole batch is kept unless a chunk size beats it by PROBE_MARGIN. It compiles two programs and times
-  them, once per machine and batch; what that costs: docs/performance.md (benchmarks/chunk_probe.py)."""
+  candidate chunk size, alternating, `windows` windows each; returns {'chunk': best, 'img_per_s': {size: median},
+  'ratio': {size: median over windows of its rate / the whole batch's in the same window}}.
+  A chunk size is taken only if that paired ratio reaches PROBE_MARGIN: per-window ratios cancel the machine's drift,
+  which flipped the earlier choice (medians of 3 windows of 0.15 s compared apart) between runs. It compiles two
+  programs and times them, once per machine and batch; what that costs: docs/performance.md
+  (benchmarks/chunk_probe.py)."""
   model = models.get({"name": "convnet"}, num_classes=10)
   tx = make_optimizer({"name": "rmsprop", "learning_rate": 1e-3})
 
@@ -206,10 +209,17 @@ def probe_chunk(batch: int, candidates=(16,), windows: int = 3, window_s: float 
         states[m] = steps[m](states[m], x, y, key)[0]
       jax.block_until_ready(states[m])
       rates[m].append(reps[m] * batch / (time.perf_counter() - t0))
+  return choose_chunk(batch, rates)
+
+
+def choose_chunk(batch: int, rates: dict[int, list[float]]) -> dict:
+  """The probe's decision from its windows: rates[size][w] in images/s, rates[batch] the whole batch's."""
   med = {m: float(np.median(r)) for m, r in rates.items()}
-  best = max(sizes[1:], key=med.get, default=batch)
-  chunk = best if best != batch and med[best] >= PROBE_MARGIN * med[batch] else batch
-  return {"chunk": chunk, "img_per_s": {str(m): round(v, 1) for m, v in med.items()}}
+  ratio = {m: float(np.median(np.array(rates[m]) / np.array(rates[batch]))) for m in rates if m != batch}
+  best = max(ratio, key=ratio.get, default=batch)
+  chunk = best if best != batch and ratio[best] >= PROBE_MARGIN else batch
+  return {"chunk": chunk, "img_per_s": {str(m): round(v, 1) for m, v in med.items()},
+          "ratio": {str(m): round(v, 3) for m, v in ratio.items()}}
 
 
 def take(tree, i):

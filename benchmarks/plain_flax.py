@@ -61,12 +61,12 @@ class PlainResNet20(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):                           # [B, 32, 32, 3]
     bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)
-    x = nn.relu(bn()(nn.Conv(16, (3, 3), padding="SAME", use_bias=False)(x)))            # [B, 32, 32, 16]
+    x = nn.relu(bn()(nn.Conv(16, (3, 3), padding=1, use_bias=False)(x)))            # [B, 32, 32, 16]
     for width, first_stride in ((16, 1), (32, 2), (64, 2)):
       for i in range(3):
         s = first_stride if i == 0 else 1
-        y = nn.relu(bn()(nn.Conv(width, (3, 3), s, padding="SAME", use_bias=False)(x)))
-        y = bn()(nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(y))
+        y = nn.relu(bn()(nn.Conv(width, (3, 3), s, padding=1, use_bias=False)(x)))
+        y = bn()(nn.Conv(width, (3, 3), padding=1, use_bias=False)(y))
         if s != 1 or x.shape[-1] != width:                             # option A: subsample, zero-pad channels
           x = x[:, ::s, ::s]
           extra = width - x.shape[-1]

@@ -1,4 +1,5 @@
 """benchmarks/throughput.py's PyTorch twins: same parameter counts as jcnn's models, and they run."""
+import functools
 import json
 import os
 import sys
@@ -80,15 +81,10 @@ def test_mesh_same_hlo_normalise_drops_only_annotations():
   assert mesh_same_hlo.normalise(plain) != mesh_same_hlo.normalise(mesh.replace("f32[2]{0} param", "f32[3]{0} param"))
 
 
-def _leaves_in_order(tree):
-  """A parameter tree's leaves in creation order (flax keeps it; jax.tree.leaves would sort 'Conv_10' before 'Conv_2')."""
-  for v in tree.values():
-    yield from (_leaves_in_order(v) if isinstance(v, dict) else [v])
-
-
 def test_plain_flax_resnet20_is_jcnns_resnet20():
   """benchmarks/plain_flax.py --model=resnet20: the paper's 269,722 parameters (He et al. 2016: 0.27M), and jcnn's
-  resnet20 variables poured into it in creation order give the same logits."""
+  resnet20 variables, renamed layer by layer into it (flax numbers its unnamed layers in creation order), give the
+  same logits."""
   import plain_flax  # pylint: disable=g-import-not-at-top
   x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
   jc = models.get({"name": "resnet20"}, num_classes=10)
@@ -97,10 +93,14 @@ def test_plain_flax_resnet20_is_jcnns_resnet20():
   plain = plain_flax.PlainResNet20()
   shapes = jax.eval_shape(lambda k: plain.init(k, x, train=False), jax.random.key(2))
   assert sum(a.size for a in jax.tree.leaves(shapes["params"])) == 269_722
-  poured = {}
+  layers_in_order = ["stem"] + [f"stage{s}_block{b}/conv{c}" for s in (1, 2, 3) for b in (1, 2, 3) for c in (1, 2)]
+  at = lambda tree, path: functools.reduce(lambda t, k: t[k], path.split("/"), tree)
+  poured = {"params": {"Dense_0": v["params"]["head"]}, "batch_stats": {}}
+  for i, name in enumerate(layers_in_order):
+    poured["params"][f"Conv_{i}"] = at(v["params"], name)["conv"]
+    poured["params"][f"BatchNorm_{i}"] = at(v["params"], name)["norm"]
+    poured["batch_stats"][f"BatchNorm_{i}"] = at(v["batch_stats"], name)["norm"]
   for col in ("params", "batch_stats"):
-    ours = iter(list(_leaves_in_order(v[col])))
-    poured[col] = jax.tree.map(lambda s: next(ours), shapes[col])
     assert jax.tree.map(jnp.shape, poured[col]) == jax.tree.map(lambda s: s.shape, shapes[col])
   got = jax.jit(lambda v: plain.apply(v, x, train=False))(poured)
   want = jax.jit(lambda v: jc.apply(v, x, train=False))(v)

@@ -6,10 +6,12 @@ pytrees, no hidden state.
   blocks    ConvBlock, BasicBlock / Bottleneck, PreActConv, DenseBlock + Transition, InceptionBlock, VGGBlock
   norm      BatchNorm with a one-pass VJP, optionally fused with the next ReLU
   kernels   fixed 3x3 kernels (Sobel, blur, ...) and a frozen, parameter-free convolution
+  onednn    the CPU convolution through oneDNN as a jax.ffi custom call (forward, both gradients), compiled on first use
+  measured  choices measured once per machine and cached as JSON (conv lowering per shape, CPU chunk size)
 
 May import: jcnn.errors only (the bottom of the house).
 """
-from jcnn.nn import blocks, kernels, layers, norm
+from jcnn.nn import blocks, kernels, layers, measured, norm, onednn
 from jcnn.nn.blocks import (BasicBlock, Bottleneck, ConvBlock, DenseBlock, InceptionBlock, PreActConv, Transition,
                             VGGBlock)
 from jcnn.nn.kernels import FixedConv
@@ -18,7 +20,7 @@ from jcnn.nn.layers import (ACTIVATIONS, Activation, AvgPool, Conv, ConvTranspos
                             global_avg_pool, max_pool, scaled)
 from jcnn.nn.norm import BatchNorm
 
-__all__ = ["blocks", "kernels", "layers", "norm", "BasicBlock", "Bottleneck", "ConvBlock", "DenseBlock",
+__all__ = ["blocks", "kernels", "layers", "measured", "norm", "onednn", "BasicBlock", "Bottleneck", "ConvBlock", "DenseBlock",
            "InceptionBlock", "PreActConv", "Transition", "VGGBlock", "FixedConv", "ACTIVATIONS", "Activation",
            "AvgPool", "Conv", "ConvTranspose", "Dense", "Dropout", "Flatten", "GaussianNoise", "MaxPool",
            "activation", "activation_index", "avg_pool", "conv_output_size", "global_avg_pool", "max_pool", "scaled",

@@ -132,6 +132,7 @@ CHOICE_VERSION = 2       # bump when what `race` times changes: old entries are 
 # around it, which the race (the conv alone) does not see. On the convnet's 13x13x32 -> 64 layer it won the race by 5%
 # yet its step ran 0.8x XLA's (2026-12-02, AMD EPYC Zen 3, benchmarks/throughput.py).
 MARGIN = 1.10
+MIN_RACE_BATCH = 8
 
 
 def _cpu() -> str:
@@ -168,7 +169,8 @@ def choose(x: jax.Array, kernel: jax.Array, strides, pads, dilation, xla_conv) -
   """The CPU lowering of one convolution, 'onednn' or 'patches':
     1. 'patches' where oneDNN cannot take it (usable);
     2. with no machine cache (JCNN_MACHINE_CACHE=0, as in tests): 'onednn', nothing measured;
-    3. else the cached winner of `race` for (CPU, cores, jax, the layer's shapes) in <cache_dir>/conv_lowering.json,
+    3. 'patches' for batches under MIN_RACE_BATCH (model.init traces a batch of 1);
+    4. else the cached winner of `race` for (CPU, cores, jax, the layer's shapes) in <cache_dir>/conv_lowering.json,
        raced the first time (a line on stderr says so). A sweep variant sees its standalone run's shapes (the same
        per-variant batch, chunked alike), so both take the same lowering."""
   from jcnn.nn import measured  # pylint: disable=g-import-not-at-top
@@ -176,6 +178,8 @@ def choose(x: jax.Array, kernel: jax.Array, strides, pads, dilation, xla_conv) -
     return "patches"
   if measured.cache_dir() is None:
     return "onednn"
+  if x.shape[0] < MIN_RACE_BATCH:      # model.init's batch of 1, a tiny eval tail: not worth a race
+    return "patches"
   key = (f"{_cpu()}|jax {jax.__version__}|v{CHOICE_VERSION}|x {tuple(x.shape)} k {tuple(kernel.shape)} "
          f"s {tuple(strides)} p {tuple(map(tuple, pads))} d {tuple(dilation)}")
 

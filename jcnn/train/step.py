@@ -213,7 +213,7 @@ def probe_chunk(batch: int, candidates=(16,), windows: int = 5, window_s: float 
 
 
 def choose_chunk(batch: int, rates: dict[int, list[float]]) -> dict:
-  """The probe's decision from its windows: rates[size][w] in images/s, rates[batch] the whole batch's."""
+  """The probe's decision from its windows: `rates[size]` lists images/s per window, `rates[batch]` the whole batch's."""
   med = {m: float(np.median(r)) for m, r in rates.items()}
   ratio = {m: float(np.median(np.array(rates[m]) / np.array(rates[batch]))) for m in rates if m != batch}
   best = max(ratio, key=ratio.get, default=batch)

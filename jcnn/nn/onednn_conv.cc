@@ -142,6 +142,23 @@ ffi::Error Guarded(F f) {
   return ffi::Error::Success();
 }
 
+// Runs a plan with the weights argument bound to `w` (the user's HWIO buffer), reordered in (`out` false) or out
+// (`out` true: a gradient the primitive writes) where the primitive wants another layout; the scratchpad and the
+// reordered weights live in the calling thread's buffers.
+void Run(const Plan& plan, const Geometry& g, int weights_arg, float* w, bool out,
+         std::unordered_map<int, dnnl::memory> args) {
+  thread_local dnnl::stream s(Engine());
+  dnnl::memory user_w(g.UserWeights(), Engine(), w);
+  dnnl::memory prim_w =
+      plan.reorder ? dnnl::memory(plan.weights, Engine(), Scratch(0, plan.weights.get_size())) : user_w;
+  if (plan.reorder && !out) plan.to_prim.execute(s, user_w, prim_w);
+  args[weights_arg] = prim_w;
+  args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(plan.scratch, Engine(), Scratch(1, plan.scratch.get_size()));
+  plan.prim.execute(s, args);
+  if (plan.reorder && out) plan.to_user.execute(s, prim_w, user_w);
+  s.wait();
+}
+
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                    ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
                    ffi::Span<const int64_t> dilation, int64_t groups) {
@@ -157,19 +174,9 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
                                                    g.Dst(), g.strides, g.dilation, g.pad_lo, g.pad_hi, Attr());
       return MakePlan(pd, g, false);
     });
-    thread_local dnnl::stream s(Engine());
-    dnnl::memory user_w(g.UserWeights(), Engine(), w.typed_data());
-    dnnl::memory prim_w = user_w;
-    if (plan->reorder) {
-      prim_w = dnnl::memory(plan->weights, Engine(), Scratch(0, plan->weights.get_size()));
-      plan->to_prim.execute(s, user_w, prim_w);
-    }
-    dnnl::memory pad(plan->scratch, Engine(), Scratch(1, plan->scratch.get_size()));
-    plan->prim.execute(s, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), x.typed_data())},
-                           {DNNL_ARG_WEIGHTS, prim_w},
-                           {DNNL_ARG_DST, dnnl::memory(g.Dst(), Engine(), y->typed_data())},
-                           {DNNL_ARG_SCRATCHPAD, pad}});
-    s.wait();
+    Run(*plan, g, DNNL_ARG_WEIGHTS, w.typed_data(), false,
+        {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), x.typed_data())},
+         {DNNL_ARG_DST, dnnl::memory(g.Dst(), Engine(), y->typed_data())}});
   });
 }
 
@@ -188,19 +195,9 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::R
                                                          g.pad_hi, g.ForwardHint(), Attr());
       return MakePlan(pd, g, false);
     });
-    thread_local dnnl::stream s(Engine());
-    dnnl::memory user_w(g.UserWeights(), Engine(), w.typed_data());
-    dnnl::memory prim_w = user_w;
-    if (plan->reorder) {
-      prim_w = dnnl::memory(plan->weights, Engine(), Scratch(0, plan->weights.get_size()));
-      plan->to_prim.execute(s, user_w, prim_w);
-    }
-    dnnl::memory pad(plan->scratch, Engine(), Scratch(1, plan->scratch.get_size()));
-    plan->prim.execute(s, {{DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), dy.typed_data())},
-                           {DNNL_ARG_WEIGHTS, prim_w},
-                           {DNNL_ARG_DIFF_SRC, dnnl::memory(g.Src(), Engine(), dx->typed_data())},
-                           {DNNL_ARG_SCRATCHPAD, pad}});
-    s.wait();
+    Run(*plan, g, DNNL_ARG_WEIGHTS, w.typed_data(), false,
+        {{DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), dy.typed_data())},
+         {DNNL_ARG_DIFF_SRC, dnnl::memory(g.Src(), Engine(), dx->typed_data())}});
   });
 }
 
@@ -219,17 +216,9 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi
                                                             g.pad_hi, g.ForwardHint(), Attr());
       return MakePlan(pd, g, true);
     });
-    thread_local dnnl::stream s(Engine());
-    dnnl::memory user_w(g.UserWeights(), Engine(), dw->typed_data());
-    dnnl::memory prim_w = plan->reorder ? dnnl::memory(plan->weights, Engine(), Scratch(0, plan->weights.get_size()))
-                                        : user_w;
-    dnnl::memory pad(plan->scratch, Engine(), Scratch(1, plan->scratch.get_size()));
-    plan->prim.execute(s, {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), x.typed_data())},
-                           {DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), dy.typed_data())},
-                           {DNNL_ARG_DIFF_WEIGHTS, prim_w},
-                           {DNNL_ARG_SCRATCHPAD, pad}});
-    if (plan->reorder) plan->to_user.execute(s, prim_w, user_w);
-    s.wait();
+    Run(*plan, g, DNNL_ARG_DIFF_WEIGHTS, dw->typed_data(), true,
+        {{DNNL_ARG_SRC, dnnl::memory(g.Src(), Engine(), x.typed_data())},
+         {DNNL_ARG_DIFF_DST, dnnl::memory(g.Dst(), Engine(), dy.typed_data())}});
   });
 }
 
@@ -257,5 +246,3 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JcnnOnednnConvBwdWeights, ConvBwdWeights,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() JCNN_CONV_ATTRS);
-
-extern "C" int jcnn_onednn_version() { return dnnl_version()->major * 10000 + dnnl_version()->minor * 100; }

@@ -111,7 +111,8 @@ def main(argv=None) -> dict:
   args = p.parse_args(argv)
   plan = TINY if args.tiny else FULL
   t0 = time.perf_counter()
-  result = {"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "device": device(),
+  command = machine.command_line() if argv is None else " ".join(["python benchmarks/gpu_suite.py", *argv])
+  result = {"command": command, "date": time.strftime("%Y-%m-%d"), "device": device(),
             "machine": machine.record(), "plan": {k: v for k, v in plan.items()}}
   result["train"] = train_rows(plan)
   result["sweep"], result["memory"] = sweep_rows(plan)

@@ -159,7 +159,8 @@ def test_a_run_needs_none_of_the_extras(finished_without_extras):
   assert results["final"]["step"] == 1 and 0 <= results["final"]["test_accuracy"] <= 1
   for f in ("config.json", "metrics.jsonl", "curves.png"):
     assert (workdir / f).exists(), f
-  # What `make run` installs: jcnn's base dependencies, none of the blocked packages.
+  # What `make run` installs: jcnn's base dependencies and the [onednn] extra (native libraries for the CPU
+  # convolution, no Python package), none of the blocked packages.
   import tomllib  # pylint: disable=g-import-not-at-top
   with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
     deps = tomllib.load(f)["project"]["dependencies"]
@@ -168,7 +169,10 @@ def test_a_run_needs_none_of_the_extras(finished_without_extras):
   assert not names & {n.replace("_", "-") for n in NO_EXTRAS}, names
   with open(os.path.join(ROOT, "Makefile")) as f:
     rule = f.read().split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
-  assert re.search(r"pip install -q -e \.\s*$", rule, re.M), rule   # `-e .`: no [extra]
+  assert re.search(r"pip install -q -e '\.\[onednn\]'\s*$", rule, re.M), rule   # no other [extra]
+  with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+    onednn = tomllib.load(f)["project"]["optional-dependencies"]["onednn"]
+  assert all(d.startswith("onednn-") for d in onednn), onednn
 
 
 def test_finished_workdir_is_not_overwritten(finished_without_extras):

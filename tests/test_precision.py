@@ -138,10 +138,12 @@ def _eqns(jaxpr):
 
 
 def _products(fn, *args):
-  """Counter of (primitive, operand dtypes) over every dot_general / conv in fn's jaxpr, nested bodies included."""
+  """Counter of (primitive, operand dtypes) over every dot_general / conv / oneDNN conv call (jcnn.nn.onednn's
+  custom calls) in fn's jaxpr, nested bodies included."""
   jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
   return collections.Counter((e.primitive.name, tuple(str(v.aval.dtype) for v in e.invars)) for e in _eqns(jaxpr)
-                             if e.primitive.name in ("dot_general", "conv_general_dilated"))
+                             if e.primitive.name in ("dot_general", "conv_general_dilated")
+                             or str(e.params.get("target_name", "")).startswith("jcnn_onednn_conv"))
 
 
 @pytest.mark.parametrize("model,shape", [("convnet", (28, 28, 1)), ("resnet20", (32, 32, 3))])

@@ -140,7 +140,7 @@ def build_jcnn_step(name, batches_x, batches_y):
   t0 = time.perf_counter()
   train_n(1)
   return train_n, {"compile_s": time.perf_counter() - t0, "params": summary.count_params(state.params),
-                   "train_chunk": train.micro_batch_size(batches_x[0].shape[0], 0, False)}
+                   "train_chunk": train.micro_batch_size(batches_x[0].shape[0], 0, bool(state.batch_stats))}
 
 
 def run(batch: int, windows: int, window_s: float, name: str = "convnet") -> dict:

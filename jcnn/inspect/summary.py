@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.extend import core as jcore
 
 from jcnn.nn import layers

@@ -9,7 +9,7 @@ else an im2col ("patches") lowering — strided slices concatenated on the chann
 XLA:CPU runs faster than its native convolution and, unlike the native one, keeps its speed under `vmap`. Both run the
 same code at a program's top level and inside a loop body, so a sweep variant and its standalone run round alike. On
 GPU/TPU the native convolution. All use the same HWIO kernel, so parameters are interchangeable.
-See benchmarks/conv_lowering.py and benchmarks/onednn_conv.py.
+See benchmarks/conv_lowering.py.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Choices measured once per machine and kept in a JSON table: the CPU chunk size (jcnn.parallel.machine) and the CPU
 convolution lowering per layer shape (jcnn.nn.onednn).
 
+  cache_root()                    $XDG_CACHE_HOME/jcnn (~/.cache/jcnn)
   cache_dir()                     $JCNN_MACHINE_CACHE, else $XDG_CACHE_HOME/jcnn (~/.cache/jcnn); None when set to 0
   lookup(file, key, measure)      the table's entry for `key`, measured by `measure()` -> dict the first time
 
@@ -15,13 +16,18 @@ import time
 from typing import Callable
 
 
+def cache_root() -> str:
+  """$XDG_CACHE_HOME/jcnn (~/.cache/jcnn): where jcnn keeps what it measured or built on this machine."""
+  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jcnn")
+
+
 def cache_dir() -> str | None:
   """$JCNN_MACHINE_CACHE, else $XDG_CACHE_HOME/jcnn (~/.cache/jcnn); JCNN_MACHINE_CACHE=0 (or empty): no cache, no
   measurement (tests/conftest.py sets it: tests never time anything behind the user's back nor write ~/.cache)."""
   env = os.environ.get("JCNN_MACHINE_CACHE")
   if env is not None:
     return None if env in ("", "0") else env
-  return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jcnn")
+  return cache_root()
 
 
 def lookup(file: str, key: str, measure: Callable[[], dict]) -> dict:

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcnn.nn import measured
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 TARGETS = {"fwd": "JcnnOnednnConvFwd", "bwd_data": "JcnnOnednnConvBwdData", "bwd_weights": "JcnnOnednnConvBwdWeights"}
 
@@ -55,8 +57,7 @@ def locate() -> tuple[str, str] | str:
 
 
 def build_dir() -> str:
-  return os.environ.get("JCNN_ONEDNN_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jcnn", "onednn")
+  return os.environ.get("JCNN_ONEDNN_CACHE") or os.path.join(measured.cache_root(), "onednn")
 
 
 def build(verbose: bool = False) -> str:
@@ -70,7 +71,7 @@ def build(verbose: bool = False) -> str:
     raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
   libdnnl = sorted(glob.glob(os.path.join(lib, "libdnnl.so*")))[-1]
   flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), "-I", inc, "-L", lib, "-ldnnl",
-           "-Wl,--disable-new-dtags", f"-Wl,-rpath,{os.path.realpath(lib)}"]  # RPATH reaches libdnnl's own deps (tbb)
+           f"-Wl,-rpath,{os.path.realpath(lib)}"]
   with open(SOURCE, "rb") as f:
     digest = hashlib.sha256(f.read() + repr((cxx, flags, os.path.realpath(libdnnl), jax.__version__)).encode())
   out = os.path.join(build_dir(), f"libjcnn_onednn_{digest.hexdigest()[:16]}.so")
@@ -135,6 +136,7 @@ MARGIN = 1.10
 MIN_RACE_BATCH = 8
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu() -> str:
   try:
     with open("/proc/cpuinfo") as f:
@@ -173,7 +175,6 @@ def choose(x: jax.Array, kernel: jax.Array, strides, pads, dilation, xla_conv) -
     4. else the cached winner of `race` for (CPU, cores, jax, the layer's shapes) in <cache_dir>/conv_lowering.json,
        raced the first time (a line on stderr says so). A sweep variant sees its standalone run's shapes (the same
        per-variant batch, chunked alike), so both take the same lowering."""
-  from jcnn.nn import measured  # pylint: disable=g-import-not-at-top
   if not usable(x, kernel):
     return "patches"
   if measured.cache_dir() is None:
@@ -187,7 +188,13 @@ def choose(x: jax.Array, kernel: jax.Array, strides, pads, dilation, xla_conv) -
     print(f"jcnn: timing oneDNN against XLA for a new conv shape (once per machine): {key.split('|')[-1]}",
           file=sys.stderr)
     return race(x.shape, kernel.shape, tuple(strides), [tuple(p) for p in pads], tuple(dilation), xla_conv)
-  return measured.lookup("conv_lowering.json", key, measure)["lowering"]
+  memo = (measured.cache_dir(), key)    # the table is read once per process and shape, not once per traced conv
+  if memo not in _CHOSEN:
+    _CHOSEN[memo] = measured.lookup("conv_lowering.json", key, measure)["lowering"]
+  return _CHOSEN[memo]
+
+
+_CHOSEN: dict[tuple, str] = {}          # (cache dir, key) -> lowering: choose()'s answers in this process
 
 
 def _out_size(n: int, k: int, lo: int, hi: int, s: int, d: int) -> int:

@@ -6,10 +6,10 @@
 //
 // Attributes (int64 arrays of 2): strides, pad_lo, pad_hi, dilation (lax's: 1 = dense); groups (int64).
 // Activations stay NHWC (oneDNN is told their strides); weights are reordered to (and gradients from) the layout the
-// primitive asks for. Primitives, their reorders and the reordered-weight scratch are cached per shape.
+// primitive asks for. Primitives and their reorders are cached per shape; the reordered weights and the scratchpad
+// live in the calling thread's buffers.
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>

@@ -314,6 +314,9 @@ class Axis(NamedTuple):
   key: str
   dtype: str = "float32"
   encode: Callable[[Any], Any] = float
+  lo: float = float("-inf")   # the range a population-based search keeps a perturbed value in (inclusive)
+  hi: float = float("inf")
+  perturb: str = "scale"      # how PBT explores it: 'scale' (x0.8 / x1.2, or resample) or 'resample' only
 
   @property
   def section(self) -> str:
@@ -330,12 +333,12 @@ def _activation_index(name):
 
 
 SWEEP_AXES = (
-    Axis("dropout_rate", "model.dropout_rate"),
-    Axis("init_scale", "model.init_scale"),
-    Axis("activation", "model.activation", "int32", _activation_index),
-    Axis("learning_rate", "optim.learning_rate"),
-    Axis("weight_decay", "optim.weight_decay"),      # injected only by adamw: sweeping it needs optim.name='adamw'
-    Axis("l2", "train.l2"),
+    Axis("dropout_rate", "model.dropout_rate", lo=0.0, hi=0.95),
+    Axis("init_scale", "model.init_scale", lo=1e-3, hi=100.0),
+    Axis("activation", "model.activation", "int32", _activation_index, perturb="resample"),
+    Axis("learning_rate", "optim.learning_rate", lo=1e-8, hi=10.0),
+    Axis("weight_decay", "optim.weight_decay", lo=0.0, hi=1.0),   # injected only by adamw: needs optim.name='adamw'
+    Axis("l2", "train.l2", lo=0.0, hi=1.0),
 )
 
 

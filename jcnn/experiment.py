@@ -18,6 +18,7 @@ from jcnn import config as config_lib, data as data_lib, models
 from jcnn.errors import ConfigError
 from jcnn.inspect import pictures, summary
 from jcnn.parallel import mesh as mesh_lib
+from jcnn.sweep import search as search_lib
 from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
 from jcnn.sweep.memory import variants_per_program
@@ -111,7 +112,7 @@ def run_sweep(config, sweep, workdir: str) -> dict:
         model = models.get(cfg.model, num_classes=ds.outputs)
         print(summary.summary(model, ds.image_shape, flops=False, input_dtype=ds.train_x.dtype))
       for r in train_variants(cfg, variants, ds, swept, sweep.max_chunk, sweep.strategy, workdir=workdir,
-                              group=(gi, g), chunk=plan[str(gi)], mesh=mesh, pad_to=plan["pad_to"]):
+                              group=(gi, g), chunk=plan[str(gi)], mesh=mesh, pad_to=plan["pad_to"], sweep=sweep):
         r["hparams"] = dict(r["hparams"], group=g) if g else r["hparams"]
         params = r.pop("params")
         if main and pictures.drawable(ds) and not r["failed"]:
@@ -121,12 +122,43 @@ def run_sweep(config, sweep, workdir: str) -> dict:
     rows = aggregate(results, keys, sweep.tolerance)
     if main:
       _pictures(workdir, panels)
-    table = markdown_table(rows, keys, sweep.tolerance)
+    table = markdown_table(rows, keys, sweep.tolerance) + _search_lines(sweep, results, swept, workdir, main)
     if main:
       writers.write_sweep(workdir, results, rows, table, keys)
       print(table)
       print(f"results: {workdir}/summary.md (.csv, .json), variants.jsonl, *.png")
   return {"results": results, "rows": rows, "table": table}
+
+
+def _search_lines(sweep, results: list[dict], swept, workdir: str, main: bool) -> str:
+  """What a search adds under the table: halving's variant-epochs against the grid's; PBT's best variant, its
+  hyperparameter schedule and ancestry (and pbt.png)."""
+  if sweep.search == "grid":
+    return ""
+  events = results[0]["events"]
+  epochs = max(r["curves"][-1]["epoch"] for r in results if r["curves"])
+  if sweep.search == "halving":
+    trained = sum(r["epochs_trained"] for r in results)
+    return (f"\n\nSuccessive halving (rungs {tuple(sweep.rungs)}, eta {sweep.eta}): {trained} variant-epochs "
+            f"trained, against {len(results) * epochs} for the grid; `epochs trained` is the rung each reached.")
+  axes = search_lib.pbt_axes(sweep, swept)
+  metric = "rmse" if any("val_rmse" in r["final"] for r in results) else "accuracy"
+  values = [r["final"].get(f"val_{metric}", np.nan) for r in results]
+  best = int(np.nanargmin(values) if metric == "rmse" else np.nanargmax(values))
+  schedules = search_lib.hyperparameters_over_time([r["hparams"] for r in results], events, axes)
+  line = search_lib.ancestry(best, events)
+  path = search_lib.schedule_along(line, schedules)
+  if main:
+    try:
+      print(f"picture: {search_lib.plot(schedules, line, axes, os.path.join(workdir, 'pbt.png'))}", flush=True)
+    except ImportError:
+      pass
+  steps = " → ".join(f"step {s}: " + ", ".join(f"{a}={h[a]:.4g}" if isinstance(h[a], float) else f"{a}={h[a]}"
+                                                for a in axes) for s, h in path)
+  exploits = sum(e["event"] == "exploit" for e in events)
+  return (f"\n\nPopulation-based training: {exploits} exploit events (lineage.jsonl). Best variant {best} (val "
+          f"{metric} {values[best]:.4f}); its weights descend from variant {line[0][1]} through "
+          f"{' → '.join(str(v) for _, v in line)}; the hyperparameters it trained with: {steps}.")
 
 
 def _traced(hparams: dict, swept) -> dict:
@@ -166,6 +198,7 @@ def _check(config, sweep):
     raise ConfigError(f"sweep.tolerance={sweep.tolerance!r}: must be a number >= 0 (0 = no steps-to column)")
   if sweep.strategy not in ("auto", "vmap", "map", "unroll"):
     raise ConfigError(f"sweep.strategy={sweep.strategy!r}: must be one of auto, vmap, map, unroll")
+  search_lib.check(config, sweep, len(variants), swept_axes(sweep), groups)
   return configs, groups, variants, swept_axes(sweep)
 
 
@@ -185,8 +218,9 @@ def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
     host_ds.append(loaded[key])
   for gi, (c, ds) in enumerate(zip(configs, host_ds)):
     jax.eval_shape(program_lib.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot
-    if str(gi) not in plan:
-      plan[str(gi)] = mesh_lib.from_process_0(variants_per_program(c, ds, len(variants), sweep.max_chunk)[0])
+    if str(gi) not in plan:   # a search decides among all its variants: one program (train_variants checks memory)
+      plan[str(gi)] = len(variants) if sweep.search != "grid" else mesh_lib.from_process_0(
+          variants_per_program(c, ds, len(variants), sweep.max_chunk)[0])
   if "pad_to" in plan:
     rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
             for s in range(0, len(variants), plan[str(gi)])]

@@ -21,6 +21,14 @@ def default_sweep() -> ml_collections.ConfigDict:
   s.max_chunk = 0
   s.strategy = "auto"   # auto (per backend and V) | vmap | map | unroll
   s.tolerance = 0.0     # > 0: the table adds the steps until the ranking metric (RMSE / accuracy) reached it
+  # Searches that decide inside the program (jcnn.sweep.search): grid | halving | pbt.
+  s.search = "grid"
+  s.rungs = (1, 3, 9)   # halving: epochs at which the variants still training are ranked on the validation split
+  s.eta = 3             # halving: the best 1/eta go on at each rung
+  s.pbt_interval = 0    # pbt: steps between decisions (0 = each epoch)
+  s.pbt_quantile = 0.25   # pbt: the bottom share copies the top share
+  s.pbt_resample = 0.25   # pbt: probability of resampling a hyperparameter from the grid instead of x0.8 / x1.2
+  s.pbt_axes = ()       # pbt: the swept axes it explores (() = every swept axis it can)
   return s
 
 

@@ -45,6 +45,8 @@ def aggregate(results: list[dict], keys: Sequence[str], tolerance: float = 0.0) 
       if len(vals) or any(m in r["final"] for r in rs):
         row[f"{m}_mean"] = float(vals.mean()) if len(vals) else float("nan")
         row[f"{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    if any("epochs_trained" in r for r in rs):   # successive halving: how far the search let it train
+      row["epochs_trained"] = float(np.mean([r["epochs_trained"] for r in rs]))
     if tolerance > 0:
       steps = np.asarray([steps_to(r.get("curves", []), f"{split}_{metric}", tolerance) for r in ok])
       steps = steps[np.isfinite(steps)]
@@ -66,8 +68,9 @@ def markdown_table(rows: list[dict], keys: Sequence[str], tolerance: float = 0.0
   extra = [f"test {m}" for m in ("mae", "r2") if f"test_{m}_mean" in rows[0]]
   steps = [f"steps to {'RMSE ≤' if metric == 'rmse' else 'accuracy ≥'} {tolerance:g}"] if "steps_to_mean" in rows[0] \
       else []
+  trained = ["epochs trained"] if "epochs_trained" in rows[0] else []
   head = "| rank | " + " | ".join(list(keys) + [f"{s} {metric}" for s in splits] + extra + ["test loss"] + steps +
-                                  ["seeds", "failed"]) + " |"
+                                  trained + ["seeds", "failed"]) + " |"
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   pm = lambda r, k: f"{r[f'{k}_mean']:.4f} ± {r[f'{k}_std']:.4f}"
   for r in sorted(rows, key=lambda r: r["rank"]):
@@ -79,6 +82,7 @@ def markdown_table(rows: list[dict], keys: Sequence[str], tolerance: float = 0.0
       cells += [(f"{r['steps_to_mean']:.0f} ± {r['steps_to_std']:.0f}" + (f" ({r['reached']} of {r['seeds']})"
                                                                          if r["reached"] < r["seeds"] else ""))
                 if r["reached"] else "never"]
+    cells += [f"{r['epochs_trained']:g}"] if trained else []
     cells += [str(r["seeds"]), str(r["failed"]) if not r["failed"] else f"**{r['failed']}**"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

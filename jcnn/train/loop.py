@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -69,7 +70,8 @@ def _means(sums, V: int | None = None) -> dict:
 def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Checkpoints | None = None,
         writer: writers.Writer | None = None) -> dict:
   """Trains `program` for config.train.epochs from its newest checkpoint (or from init). Returns {'state' (the
-  TrainState, stacked for sweeps), 'failed_at', 'history' (epoch rows), 'compile_seconds', 'seconds'}.
+  TrainState, stacked for sweeps), 'failed_at', 'history' (epoch rows), 'compile_seconds', 'seconds', 'search' (a
+  sweep's search state, on the host) and 'events' (its decisions)}.
   Raises Diverged (single run, loss or parameters non-finite) and Interrupted (SIGINT / SIGTERM, after saving)."""
   tc = config.train
   steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
@@ -84,6 +86,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       mesh_lib.replicated(program.mesh) if V is None else mesh_lib.by_variant(program.mesh))
   rs, meta = checkpoint.restore_or_init(ckpt, program.init, where)
   history = list(meta.get("history", []))
+  search, events = program.search, list(meta.get("search_events", []))   # a sweep's search and what it decided
   step = int(np.max(mesh_lib.host(rs.train.step)))
   if meta:
     print(f"resumed from the checkpoint at step {step} (epoch {step // steps_per_epoch} + "
@@ -98,7 +101,14 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
 
   def save():
     if ckpt is not None:
-      ckpt.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs)})
+      ckpt.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs),
+                           **({"search_events": events} if search is not None else {})})
+
+  def decide(val_sums):   # the search's decision after this step: its state changes inside rs; its events are kept
+    nonlocal rs
+    rs, new = search.decide(rs, step, epoch, val_sums)
+    events.extend(new)
+    writer.events(new)
 
   save()   # step 0 of a new run: a run killed before its first epoch ends still resumes
 
@@ -116,6 +126,9 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       for i in range(first, steps_per_epoch):
         rs = program.step(rs, next(feed))
         step += 1
+        last = i == steps_per_epoch - 1    # the epoch's end: evaluation, decisions and the stop check come after it
+        if search is not None and not last and search.due(step, False, epoch):
+          decide(evaluate(program, rs.train, "val", _alive(rs)))
         if throttle and step % IN_FLIGHT == 0:
           jax.block_until_ready(rs.acc)
         if compile_s is None:
@@ -132,27 +145,34 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
         if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
           save()
         # Several processes stop together: they agree at each logging step (one process alone checks every step).
-        if stop["signum"] if not several else (step % tc.log_every == 0 and mesh_lib.any_process(stop["signum"])):
-          stop["signum"] = stop["signum"] or signal.SIGTERM
-          save()
-          if ckpt is not None:
-            ckpt.wait()
-          raise Interrupted(stop["signum"], step, ckpt.directory if ckpt else None)
+        if not last and _stopping(stop, several, step, tc.log_every):
+          _interrupt(stop, save, ckpt, step)
       progress.close()
 
+      # ---- The epoch's row: train metrics, then evaluation. A search reads the validation split only; it sees the
+      # test split once, after the last epoch. Variants a search stopped skip both and repeat their last values.
+      alive = _alive(rs)
       train_m = _means(rs.acc, V)
       row = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train_m.items()}}
+      sums = {}
       for split in ("val", "test"):
-        if getattr(ds, f"{split}_x") is None:
+        if getattr(ds, f"{split}_x") is None or (split == "test" and search is not None and epoch < epochs):
           continue
-        row.update({f"{split}_{k}": v for k, v in _means(evaluate(program, rs.train, split), V).items()})
+        sums[split] = evaluate(program, rs.train, split, alive if split == "val" else None)
+        row.update({f"{split}_{k}": v for k, v in _means(sums[split], V).items()})
+      if alive is not None:
+        row = _carried(row, mesh_lib.host(alive)[:V], history[-1] if history else None)
       if V is not None:
         row["failed_at"] = mesh_lib.host(rs.failed_at)[:V].tolist()
       row["epoch_seconds"] = time.perf_counter() - t_epoch
       _check_diverged(rs, V, ckpt)
+      if search is not None and search.due(step, True, epoch):
+        decide(sums["val"])
       history.append(row)
       writer.epoch(row, epochs)
       save()
+      if _stopping(stop, several, step, tc.log_every, epoch_end=True):
+        _interrupt(stop, save, ckpt, step)
 
   if not history:  # epochs = 0: evaluate the initial model
     m = _means(evaluate(program, rs.train, "test"))
@@ -160,16 +180,50 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   if ckpt is not None:
     ckpt.wait()
   return {"state": rs.train, "failed_at": mesh_lib.host(rs.failed_at), "history": history,
-          "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start}
+          "compile_seconds": compile_s, "seconds": time.perf_counter() - t_start,
+          "search": mesh_lib.host(rs.search), "events": events}
 
 
-def evaluate(program: Program, state, split: str) -> dict:
-  """Metric sums over one split: evaluate's sums over each item of the program's eval feed, added in order."""
+def evaluate(program: Program, state, split: str, only=None) -> dict:
+  """Metric sums over one split: evaluate's sums over each item of the program's eval feed, added in order. `only`
+  ([V] bool, sweeps): the variants to evaluate (the others' sums are zero where the strategy can skip them)."""
   sums = None
   for args in program.eval_feed(split):
-    part = program.evaluate(state, *args)
+    part = program.evaluate(state, *args) if only is None else program.evaluate(state, *args, only=only)
     sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
   return sums
+
+
+def _alive(rs: RunState):
+  """The variants still training ([V] bool, on the device), or None when no search stops any."""
+  return rs.search.get("alive")
+
+
+def _carried(row: dict, alive, previous: dict | None) -> dict:
+  """A search's epoch row: the variants it stopped did not train or evaluate, so they repeat their last row's values
+  (their state is the one those values were measured on); `training` flags the others."""
+  out = {}
+  for k, v in row.items():
+    if isinstance(v, list) and previous is not None and isinstance(previous.get(k), list):
+      v = [x if a else p for x, a, p in zip(v, alive, previous[k])]
+    out[k] = v
+  return dict(out, training=[bool(a) for a in alive])
+
+
+def _stopping(stop: dict, several: bool, step: int, log_every: int, epoch_end: bool = False) -> bool:
+  """Whether SIGINT / SIGTERM asked to stop. Several processes stop together: they agree at each logging step and at
+  each epoch's end (one process alone checks every step)."""
+  if not several:
+    return bool(stop["signum"])
+  return (epoch_end or step % log_every == 0) and mesh_lib.any_process(stop["signum"])
+
+
+def _interrupt(stop: dict, save: Callable, ckpt, step: int):
+  stop["signum"] = stop["signum"] or signal.SIGTERM
+  save()
+  if ckpt is not None:
+    ckpt.wait()
+  raise Interrupted(stop["signum"], step, ckpt.directory if ckpt else None)
 
 
 def _check_diverged(rs: RunState, V, ckpt):

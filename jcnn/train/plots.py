@@ -75,17 +75,18 @@ def plot_sweep(results: list[dict], rows: list[dict], keys, workdir: str) -> lis
   points = sorted({tuple(str(r["hparams"][k]) for k in keys) for r in results})
   colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
   labelled = set()
+  split = "test" if all(f"test_{metric}" in e for r in results for e in r["curves"]) else "val"   # searches: val
   for r in results:
     p = tuple(str(r["hparams"][k]) for k in keys)
     c = colors[points.index(p)]
     lab = ", ".join(f"{k}={v}" for k, v in zip(keys, p)) if p not in labelled else None
     labelled.add(p)
-    ax.plot([e["epoch"] for e in r["curves"]], [e[f"test_{metric}"] for e in r["curves"]], marker="o", color=c,
+    ax.plot([e["epoch"] for e in r["curves"]], [e[f"{split}_{metric}"] for e in r["curves"]], marker="o", color=c,
             alpha=0.7, label=lab, linestyle="--" if r["failed"] else "-")
   if metric == "rmse":
     ax.set_yscale("log")
   ax.set_xlabel("epoch")
-  ax.set_ylabel(f"test {metric}")
+  ax.set_ylabel(f"{split} {metric}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()

@@ -30,6 +30,10 @@ class RunState(struct.PyTreeNode):
   failed_at: jax.Array   # int32: the step count at which the loss or parameters went non-finite; -1 while healthy
   acc: dict              # train metric sums since the epoch began (jcnn.train.tasks: {'loss_sum', 'correct', ...})
   log_acc: dict          # `acc` at the last train row (a train row reports acc - log_acc)
+  search: dict = struct.field(default_factory=dict)
+  # ^ a sweep's search state (jcnn.sweep.search), {} otherwise (no leaves): 'alive' [V] bool (successive halving: a
+  #   stopped variant takes no step and keeps its last state), 'hp' {axis: [V]} (population-based training: the
+  #   hyperparameters the search moves, read by the step in place of the program's)
 
 
 class ModelFns(NamedTuple):
@@ -57,6 +61,7 @@ class Program(NamedTuple):
   mesh: Any = None                                        # the jax.sharding.Mesh it runs on (None: default device)
   feed: Callable[[int, int], Iterable] | None = None      # (epoch, first step) -> an item per step
   eval_feed: Callable[[str], Iterable] | None = None      # 'val' | 'test' -> evaluate's arguments, batch by batch
+  search: Any = None                                      # a sweep's search (jcnn.sweep.search.Search), or None
 
 
 def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None) -> ModelFns:
@@ -96,6 +101,12 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
                     log_acc=zero)
 
   def step(rs, h, images, labels, idx):
+    h = {**h, **rs.search.get("hp", {})}   # a population-based search's current hyperparameters
+    if "alive" not in rs.search:
+      return train(rs, h, images, labels, idx)
+    return jax.lax.cond(rs.search["alive"], lambda r: train(r, h, images, labels, idx), lambda r: r, rs)
+
+  def train(rs, h, images, labels, idx):
     k_dropout = keys_for(h)[2]
     loss_args = {a.field: h[a.name] if a in axes else config.train[a.field]
                  for a in config_lib.SWEEP_AXES if a.section == "train"}

@@ -105,6 +105,11 @@ class Writer:
       with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
     self.log = open(path, "a")
+    lineage = os.path.join(self.workdir, "lineage.jsonl")
+    if os.path.exists(lineage):   # a search's events after the restored step are decided again
+      keep = [e for e in read_jsonl(lineage) if e["step"] <= resume_step]
+      with open(lineage, "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in keep)
     if self.tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       purge = {"purge_step": resume_step + 1} if resume_step else {}   # TensorBoard drops the recomputed steps
@@ -140,6 +145,32 @@ class Writer:
     self._write(dict(row, kind="epoch"), {f"{s}_{m}": f"{s}/{m}" for s in ("val", "test") for m in SCALARS} |
                 {f"train_{m}": f"epoch/train_{m}" for m in SCALARS})
     print(epoch_line(row, epochs), flush=True)
+
+  def events(self, events: Sequence[dict]):
+    """A search's decisions (jcnn.sweep.search): lineage.jsonl rows (variant numbers as in variants.jsonl) and
+    TensorBoard marks: `search/exploited_from` (the source variant) at each PBT exploit in the target's run,
+    `search/stopped` = 1 at the rung where halving stopped a variant."""
+    if self.workdir is None or not events:
+      return
+    index = [i for _, i in self.variants] if self.variants else None
+    glob = (lambda j: index[j]) if index else (lambda j: j)
+    with open(os.path.join(self.workdir, "lineage.jsonl"), "a") as f:
+      for e in events:
+        e = dict(e)
+        for k in ("target", "source"):
+          if k in e:
+            e[k] = glob(e[k])
+        for k in ("kept", "stopped"):
+          if k in e:
+            e[k] = [glob(j) for j in e[k]]
+        f.write(json.dumps(e) + "\n")
+    for e in events:
+      if not self.tb:
+        break
+      if e["event"] == "exploit":
+        self.tb[e["target"]].add_scalar("search/exploited_from", glob(e["source"]), e["step"])
+      for j in e.get("stopped", ()):
+        self.tb[j].add_scalar("search/stopped", 1, e["step"])
 
   def close(self):
     if self.log:
@@ -189,8 +220,8 @@ def write_sweep(workdir: str, results: list[dict], rows: list[dict], table: str,
   """variants.jsonl, summary.{md,csv,json} (summary.json last: it marks the sweep finished) and PNG plots."""
   with open(os.path.join(workdir, "variants.jsonl"), "w") as f:
     for r in results:
-      f.write(json.dumps({k: r[k] for k in ("hparams", "failed", "failed_at", "final", "curves", "compile_seconds")},
-                         default=float) + "\n")
+      f.write(json.dumps({k: r[k] for k in ("hparams", "failed", "failed_at", "final", "curves", "compile_seconds",
+                                            "epochs_trained", "final_hparams") if k in r}, default=float) + "\n")
   with open(os.path.join(workdir, "summary.md"), "w") as f:
     f.write(table + "\n")
   with open(os.path.join(workdir, "summary.csv"), "w", newline="") as f:

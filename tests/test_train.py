@@ -491,6 +491,8 @@ def test_experiment_one_step(name, tmp_path):
     from jcnn import sweep  # pylint: disable=g-import-not-at-top
     s = module.get_sweep()
     s.seeds = 1
+    if s.search != "grid":   # a search ranks on a validation split: one more step's worth of images for it
+      c.data.train_limit, c.data.val_size, s.rungs = 32, 16, (1,)
     out = run_sweep(c, s, workdir)
     assert os.path.exists(os.path.join(workdir, "config.json"))
     with open(os.path.join(workdir, "summary.json")) as f:
@@ -502,6 +504,9 @@ def test_experiment_one_step(name, tmp_path):
     if not sweep.swept_axes(s):   # a sweep over groups only (the foundations): one variant per group, in order
       assert [r["hparams"]["group"] for r in rows] == list(s.groups) and len(summary_rows) == len(rows)
       assert all(math.isfinite(r["final"]["test_loss"]) for r in rows)
+      return
+    if s.search != "grid":   # every variant of its grid, each with the epoch the search let it reach
+      assert [r["hparams"] for r in rows] == sweep.variants_of(c, s) and all(r["epochs_trained"] == 1 for r in rows)
       return
     (axis,) = sweep.swept_axes(s)
     assert [r["hparams"][axis] for r in rows] == list(module.get_sweep()[axis]) and len(summary_rows) == len(rows)

@@ -5,6 +5,7 @@
                        python launch.py --mode=predict --workdir=DIR --images=a.png,DIR [--top_k=3] [--variant=K]
                        python launch.py --mode=predict --workdir=DIR --inputs=FEATURES.csv   (tables, toy problems)
                        python launch.py --mode=export --workdir=DIR [--format=onnx] [--variant=K]
+                                        [--checkpoint=best]   (predict / export: the best epoch, not the newest)
 
 An experiment is experiments/NAME.py with get_config() (and get_sweep() for an ablation). Config overrides use
 ml_collections' flag syntax; the config is locked, so a mistyped key is an error, not a silent new field; every value is
@@ -43,6 +44,9 @@ def define_flags(fv: flags.FlagValues):
   flags.DEFINE_integer("variant", None, "--mode=predict/export on a sweep: the variant (a line of variants.jsonl, "
                        "from 0)", lower_bound=0, flag_values=fv)
   flags.DEFINE_enum("format", "onnx", ["onnx"], "--mode=export: the file format", flag_values=fv)
+  flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"], "--mode=predict/export: the newest checkpoint "
+                    "(latest) or the best epoch's (best: a run trained with --config.checkpoint.best=METRIC)",
+                    flag_values=fv)
   flags.DEFINE_string("coordinator_address", "", "several processes: process 0's HOST:PORT (also "
                       "$JCNN_COORDINATOR_ADDRESS)", flag_values=fv)
   flags.DEFINE_integer("num_processes", 0, "several processes: how many (also $JCNN_NUM_PROCESSES)", flag_values=fv)

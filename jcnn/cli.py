@@ -201,7 +201,8 @@ def start_processes(fv):
 
 
 def use_trained(fv) -> int:
-  """--mode=predict / export: a trained run's model, from its workdir's newest checkpoint."""
+  """--mode=predict / export: a trained run's model, from its workdir's newest checkpoint (--checkpoint=best: its
+  best epoch's)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jcnn import export  # pylint: disable=g-import-not-at-top
   from jcnn.errors import UserError  # pylint: disable=g-import-not-at-top
@@ -210,7 +211,7 @@ def use_trained(fv) -> int:
   if fv.mode == "predict" and not fv.images and not fv.inputs:
     fail("--mode=predict needs --images=a.png[,b.png ...] (image models) or --inputs=FILE.csv (feature vectors)")
   try:
-    p = export.load(fv.workdir, fv.variant)
+    p = export.load(fv.workdir, fv.variant, fv.checkpoint)
     if fv.mode == "predict" and fv.inputs:
       for r in export.predict_inputs(p, fv.inputs, fv.top_k):
         print(f"row {r['row']}: " + (", ".join(f"{v:.6g}" for v in r["values"]) if "values" in r else

@@ -111,6 +111,9 @@ TASKS = ("classify", "binary", "regress")
 LOSSES = ("cross_entropy", "mse", "mae", "huber")
 TASK_LOSSES = {"classify": ("cross_entropy", "mse"), "binary": ("cross_entropy", "mse"),   # what fits each task
                "regress": ("mse", "mae", "huber")}
+TASK_METRICS = {"classify": ("loss", "accuracy"), "binary": ("loss", "accuracy"),   # what each task's epoch rows hold
+                "regress": ("loss", "rmse", "mae", "r2")}
+LOWER_IS_BETTER = ("loss", "rmse", "mae")   # a metric whose name ends in _NAME improves downwards; the others upwards
 PREPROCESS = ("scale", "standardize", "minmax", "mean_norm", "center", "log", "arctan", "ratio", "none")
 AUGMENTATIONS = ("none", "flip", "crop", "flip_crop")
 DTYPES = ("float32", "bfloat16", "float16")   # compute dtypes (jcnn/train/step.py, "Mixed precision")
@@ -206,6 +209,20 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "checkpoint": {
         "every_steps": Field(0, integer(0), "also save every N steps (0 = only at epoch ends and at the end)"),
         "keep": Field(2, integer(1), "checkpoints kept (the newest)"),
+        "best": Field("", text, "also keep the checkpoint of the best epoch by this epoch-row metric (val_accuracy, "
+                                "val_loss, ...) in checkpoints/best/ ('' = off; single runs)"),
+    },
+    "stop": {   # single runs that decide from their epoch rows (jcnn.train.decide); docs/experiments.md
+        "metric": Field("", text, "stop early when this epoch-row metric (val_loss, val_accuracy, val_rmse, ...) has "
+                                  "not improved for `patience` epochs ('' = off; single runs)"),
+        "patience": Field(5, integer(1), "epochs without improvement before stopping"),
+        "min_delta": Field(0.0, real(0), "an improvement is a change by more than this (stopping and plateau)"),
+        "plateau_metric": Field("", text, "multiply the learning rate by `plateau_factor` when this epoch-row metric "
+                                          "has not improved for `plateau_patience` epochs ('' = off; single runs)"),
+        "plateau_patience": Field(3, integer(1), "epochs without improvement before the learning rate drops"),
+        "plateau_factor": Field(0.1, real(0, 1, lo_open=True, hi_open=True), "the learning rate's multiplier on a "
+                                                                                "plateau"),
+        "min_learning_rate": Field(0.0, real(0), "a plateau never takes the learning rate below this"),
     },
     "mesh": {   # jax.sharding.Mesh axes over the devices (docs/devices.md); 0 = automatic
         "variant": Field(0, integer(0), "devices along a sweep's variant axis (each trains its share of the "
@@ -273,6 +290,7 @@ def check_config(config) -> None:
     if msg:
       raise ConfigError(msg)
   check_task(config)
+  check_decisions(config)
   # Relations that need the dataset's size (val_size, batch_size against the training images) are checked when it is
   # loaded (data.load, data.epoch_batches), still before any file is written.
 
@@ -288,6 +306,31 @@ def check_task(config) -> None:
     raise ConfigError(f"config.data.target_preprocess={data['target_preprocess']} transforms regression targets, but "
                       f"config.train.task={task} has class labels: set config.data.target_preprocess=none (or "
                       f"config.train.task=regress)")
+
+
+def check_decisions(config, has_val: bool | None = None) -> None:
+  """Early stopping, reduce-on-plateau and the best checkpoint must watch a metric the epoch rows record: a train_*
+  or val_* metric of train.task, val_* only with a validation split. `has_val`: whether the loaded data has one
+  (None: data.val_size > 0, or a data.path / TFDS source, which may bring its own)."""
+  train, data = with_defaults("train", config.get("train")), with_defaults("data", config.get("data"))
+  stop, ckpt = with_defaults("stop", config.get("stop")), with_defaults("checkpoint", config.get("checkpoint"))
+  if has_val is None:
+    has_val = data["val_size"] > 0 or bool(data["path"]) or data["name"].startswith("tfds:")
+  names = TASK_METRICS[train["task"]]
+  for field, metric in (("stop.metric", stop["metric"]), ("stop.plateau_metric", stop["plateau_metric"]),
+                        ("checkpoint.best", ckpt["best"])):
+    if not metric:
+      continue
+    split, _, name = metric.partition("_")
+    if split == "test" and name in names:
+      raise ConfigError(f"config.{field}={metric!r} would choose by the test split: watch val_{name} (with "
+                        f"config.data.val_size > 0) or train_{name}")
+    if split not in ("train", "val") or name not in names:
+      raise ConfigError(f"config.{field}={metric!r} is not an epoch-row metric of config.train.task="
+                        f"{train['task']}: use one of {', '.join(f'val_{n}' for n in names)} (or train_*), or ''")
+    if split == "val" and not has_val:
+      raise ConfigError(f"config.{field}={metric!r} needs a validation split: set config.data.val_size > 0 (or "
+                        f"watch train_{name})")
 
 
 def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHANGES) -> list[str]:

@@ -23,7 +23,7 @@ from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
 from jcnn.sweep.memory import variants_per_program
 from jcnn.sweep.results import aggregate, markdown_table
-from jcnn.train import checkpoint, loop, program as program_lib, workdir as workdir_lib, writers
+from jcnn.train import checkpoint, decide, loop, program as program_lib, workdir as workdir_lib, writers
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -36,6 +36,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     main = mesh_lib.is_main()
     print(mesh_lib.line(mesh), flush=True)
     ds = mesh_lib.load(config.data, mesh, seed=config.train.seed, task=config.train.task)
+    config_lib.check_decisions(config, has_val=ds.val_x is not None)   # the data now says whether it has val rows
     program = program_lib.single_program(config, ds, mesh)
     jax.eval_shape(program.init)   # a model that cannot take the data's shape says so (ShapeError) before any file
     if main:
@@ -57,12 +58,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def _run(program, ds, config, workdir: str, main: bool) -> dict:
   """loop.run with the workdir's checkpoints and writers, closed however the loop ends."""
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.checkpoint.keep)
+  best = checkpoint.Checkpoints(checkpoint.best_directory(workdir), 1) if config.checkpoint.best else None
   writer = writers.Writer(workdir if main else None, tensorboard=config.writers.tensorboard)
   try:
-    return loop.run(program, ds, config, ckpt=ckpt, writer=writer)
+    return loop.run(program, ds, config, ckpt=ckpt, writer=writer, best=best)
   finally:
     writer.close()
     ckpt.close()   # a save in flight lands (also when the run stopped)
+    if best is not None:
+      best.close()
 
 
 def _results(config, ds, out: dict, mesh) -> dict:
@@ -75,7 +79,7 @@ def _results(config, ds, out: dict, mesh) -> dict:
              "params": summary.count_params(out["state"].params), "epochs": config.train.epochs,
              "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
              "train_images_per_second": steps_per_epoch * config.train.batch_size * len(timed) / max(train_s, 1e-9),
-             "mesh": mesh_lib.describe(mesh)}
+             "mesh": mesh_lib.describe(mesh), **decide.summary(history, config)}
   params = out["state"].params
   if set(params) == {"head"}:   # one layer (a neuron; linear or logistic regression): its weights are the answer
     results["weights"] = {k: np.asarray(mesh_lib.host(v)).tolist() for k, v in params["head"].items()}
@@ -192,6 +196,11 @@ def _check(config, sweep):
   configs = [config_lib.apply_group(config, g) if g else config for g in groups]
   for c in configs:
     config_lib.check_config(c)
+    for field in ("stop.metric", "stop.plateau_metric", "checkpoint.best"):
+      section, key = field.split(".")
+      if c[section][key]:
+        raise ConfigError(f"config.{field}={c[section][key]!r}: a sweep trains all its variants for train.epochs "
+                          f"(early stopping, plateaus and the best checkpoint are for single runs); set it to ''")
   if not isinstance(sweep.max_chunk, int) or sweep.max_chunk < 0:
     raise ConfigError(f"sweep.max_chunk={sweep.max_chunk!r}: must be an integer >= 0 (0 = automatic)")
   if isinstance(sweep.tolerance, bool) or not isinstance(sweep.tolerance, (int, float)) or sweep.tolerance < 0:

@@ -111,11 +111,12 @@ def _variant_index(workdir: str, variant) -> int | None:
   return hits[0]
 
 
-def load(workdir: str, variant: int | dict | None = None) -> Predictor:
+def load(workdir: str, variant: int | dict | None = None, checkpoint: str = "latest") -> Predictor:
   """The newest checkpoint of the run in `workdir` as a Predictor (a sweep: `variant`, an index into variants.jsonl
-  or a dict of its hyperparameters; a diverged variant is refused)."""
-  from jcnn.train import checkpoint  # pylint: disable=g-import-not-at-top
-  trained = checkpoint.load_trained(workdir, _variant_index(workdir, variant))
+  or a dict of its hyperparameters; a diverged variant is refused); checkpoint='best': the run's best epoch
+  (config.checkpoint.best)."""
+  from jcnn.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  trained = checkpoint_lib.load_trained(workdir, _variant_index(workdir, variant), checkpoint)
   config, data = trained["config"], trained["meta"]["data"]
   p = predictor(trained["model"], trained["variables"], preprocess=data["preprocess"], pad=config.data.pad,
                 input_shape=data["input_shape"], input_dtype=data["input_dtype"],

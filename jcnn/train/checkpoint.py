@@ -258,8 +258,17 @@ def restore_or_init(ckpt: Checkpoints | None, init: Callable[[], Any], sharding=
 
 # ----------------------------------------------------------------------------------------------------------------
 # A trained run, for inference and inspection.
-def load_trained(workdir: str, variant: int | None = None) -> dict:
-  """A finished or interrupted run's model and variables from its newest checkpoint.
+WHICH = ("latest", "best")   # load_trained's `checkpoint`: the newest step, or the best epoch (config.checkpoint.best)
+
+
+def best_directory(workdir: str) -> str:
+  """Where a single run keeps its best epoch's checkpoint (config.checkpoint.best)."""
+  return os.path.join(workdir, "checkpoints", "best")
+
+
+def load_trained(workdir: str, variant: int | None = None, checkpoint: str = "latest") -> dict:
+  """A finished or interrupted run's model and variables from its newest checkpoint, or with checkpoint='best' from
+  its best epoch's (a run trained with config.checkpoint.best).
 
   workdir: a run's or a sweep's workdir; `variant`: for a sweep, the line of variants.jsonl (0-based). Returns
   {'config' (the variant's own config), 'model', 'variables' ({'params', 'batch_stats'}), 'meta' (epoch rows, data:
@@ -298,6 +307,13 @@ def load_trained(workdir: str, variant: int | None = None) -> dict:
     config = config_lib.variant_config(config, hparams["hparams"])
   else:
     j, hparams, directory = None, None, root
+  if checkpoint not in WHICH:
+    raise CheckpointError(f"checkpoint={checkpoint!r}: pass one of {', '.join(WHICH)}")
+  if checkpoint == "best":
+    directory = best_directory(workdir)
+    if "sweep" in saved or not os.path.isdir(directory) or Checkpoints(directory).latest_step() is None:
+      raise CheckpointError(f"{workdir} keeps no best checkpoint (train with --config.checkpoint.best=val_accuracy, "
+                            f"or any epoch-row metric); use --checkpoint=latest")
   ck = Checkpoints(directory)
   step = ck.latest_step()
   if step is None:

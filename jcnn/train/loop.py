@@ -6,7 +6,9 @@
 `run` is the loop over a Program (jcnn.train.program), top to bottom: restore or init (resume is the default), then
 per epoch the steps (jitted, donated, no host sync between logging points), evaluation on val and test, the epoch row
 for the writers, the divergence check, and a checkpoint. Checkpoints also every `checkpoint.every_steps` steps and on
-SIGINT / SIGTERM, after which the loop stops with `Interrupted`.
+SIGINT / SIGTERM, after which the loop stops with `Interrupted`. A single run also decides at each epoch's end
+(jcnn.train.decide, from the epoch rows alone): reduce the learning rate on a plateau, save the best checkpoint, stop
+early.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 from jcnn import data as data_lib
 from jcnn.errors import Diverged, Interrupted
 from jcnn.parallel import mesh as mesh_lib
-from jcnn.train import checkpoint, tasks, writers
+from jcnn.train import checkpoint, decide, tasks, writers
 from jcnn.train.program import Program, RunState
 
 # Steps queued at most on a CPU mesh of several devices: XLA:CPU's collectives over forced host devices stalled
@@ -68,11 +70,12 @@ def _means(sums, V: int | None = None) -> dict:
 
 
 def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Checkpoints | None = None,
-        writer: writers.Writer | None = None) -> dict:
+        writer: writers.Writer | None = None, best: checkpoint.Checkpoints | None = None) -> dict:
   """Trains `program` for config.train.epochs from its newest checkpoint (or from init). Returns {'state' (the
   TrainState, stacked for sweeps), 'failed_at', 'history' (epoch rows), 'compile_seconds', 'seconds', 'search' (a
   sweep's search state, on the host) and 'events' (its decisions)}.
-  Raises Diverged (single run, loss or parameters non-finite) and Interrupted (SIGINT / SIGTERM, after saving)."""
+  Raises Diverged (single run, loss or parameters non-finite) and Interrupted (SIGINT / SIGTERM, after saving).
+  `best`: where a single run keeps its best epoch by config.checkpoint.best."""
   tc = config.train
   steps_per_epoch, epochs = len(ds.train_y) // tc.batch_size, tc.epochs
   V = None if program.variants is None else len(program.variants)
@@ -99,12 +102,12 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   # ^ what inference needs: the model's input, the training split's statistics, the class names, what the outputs
   #   mean (the task, and for regression the target statistics that turn them back into the target's units)
 
-  def save():
-    if ckpt is not None:
-      ckpt.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs),
-                           **({"search_events": events} if search is not None else {})})
+  def save(to=ckpt):
+    if to is not None:
+      to.save(step, rs, {"history": history, "seed": tc.seed, "data": data_info, **_variant_table(program, rs),
+                         **({"search_events": events} if search is not None else {})})
 
-  def decide(val_sums):   # the search's decision after this step: its state changes inside rs; its events are kept
+  def search_decides(val_sums):   # the search's decision after this step: it changes rs; its events are kept
     nonlocal rs
     rs, new = search.decide(rs, step, epoch, val_sums)
     events.extend(new)
@@ -116,6 +119,9 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
   compile_s = None
   with stop_signals() as stop:
     for epoch in range(step // steps_per_epoch + 1, epochs + 1):
+      if V is None and decide.stop_epoch(history, config) is not None:   # also a resumed run that had stopped
+        print(decide.stop_line(history, config), flush=True)
+        break
       first = step - (epoch - 1) * steps_per_epoch     # > 0 when resuming inside this epoch
       feed = iter(program.feed(epoch, first))          # the epoch's order from step `first`: indices or batches
       if first == 0:   # zeros where the sums live (on the mesh: the same sharding)
@@ -128,7 +134,7 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
         step += 1
         last = i == steps_per_epoch - 1    # the epoch's end: evaluation, decisions and the stop check come after it
         if search is not None and not last and search.due(step, False, epoch):
-          decide(evaluate(program, rs.train, "val", _alive(rs)))
+          search_decides(evaluate(program, rs.train, "val", _alive(rs)))
         if throttle and step % IN_FLIGHT == 0:
           jax.block_until_ready(rs.acc)
         if compile_s is None:
@@ -167,9 +173,14 @@ def run(program: Program, ds: data_lib.Dataset, config, *, ckpt: checkpoint.Chec
       row["epoch_seconds"] = time.perf_counter() - t_epoch
       _check_diverged(rs, V, ckpt)
       if search is not None and search.due(step, True, epoch):
-        decide(sums["val"])
+        search_decides(sums["val"])
       history.append(row)
       writer.epoch(row, epochs)
+      if V is None:   # decisions from the epoch rows: the best checkpoint (on disk before the newest), the plateau
+        if best is not None and decide.is_new_best(history, config.checkpoint.best):
+          save(best)
+          best.wait()
+        rs = rs.replace(train=decide.reduced(rs.train, history, config))
       save()
       if _stopping(stop, several, step, tc.log_every, epoch_end=True):
         _interrupt(stop, save, ckpt, step)

@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jcnn.config import LOSSES, TASK_LOSSES, TASKS
+from jcnn.config import LOSSES, TASK_LOSSES, TASK_METRICS, TASKS
 from jcnn.data import preprocess
 from jcnn.errors import ConfigError
 
-METRICS = {"classify": ("loss", "accuracy"), "binary": ("loss", "accuracy"), "regress": ("loss", "rmse", "mae", "r2")}
+METRICS = TASK_METRICS
 HIGHER_IS_BETTER = ("accuracy", "r2")
 
 

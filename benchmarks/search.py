@@ -75,7 +75,8 @@ def main():
       r["wall_vs_grid"] = round(r["wall_seconds"] / grid["wall_seconds"], 3)
       r["val_vs_grid_points"] = round(100 * (r["best_val_accuracy"] - grid["best_val_accuracy"]), 2)
     print(json.dumps(r))
-  rec = {"command": machine.command_line(), "machine": machine.record(), "args": vars(args), "rows": rows}
+  rec = {"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": machine.record(),
+         "args": vars(args), "rows": rows}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rec, f, indent=2)

@@ -11,6 +11,7 @@ the build replaces it (a marker alone on its line) with a table read from the co
   <!-- table: two-processes FILE.json -->     benchmarks/two_processes.py: two 1-core processes against one 2-core
   <!-- table: probe FILE.json -->             benchmarks/chunk_probe.py: what the per-machine chunk probe costs
   <!-- table: precision FILE.json -->         benchmarks/throughput.py --dtype=...: each dtype against float32
+  <!-- table: search FILE.json -->            benchmarks/search.py: grid against successive halving and PBT
 
 A benchmark table ends with a line naming the CPU (or GPU) and the command, read from the JSON's `machine` and
 `command` keys; a JSON file without them fails the build, as does an unknown marker.
@@ -135,7 +136,16 @@ def conv_share_rows(d):
                 for r in d["rows"] if r["mode"] == "train"]
 
 
-BENCH = {"conv-share": conv_share_rows, "plain-flax": plain_flax_rows, "two-processes": two_processes_rows, "throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
+def search_rows(d):
+  head = ["search", "wall s", "wall / grid", "variant-epochs", "best val accuracy", "its test accuracy",
+          "val vs grid (points)"]
+  rows = [[r["arm"], f"{r['wall_seconds']:.0f}", f"**{r.get('wall_vs_grid', 1):.2f}**", r["variant_epochs"],
+           f"{r['best_val_accuracy']:.4f}", f"{r['best_test_accuracy']:.4f}", f"{r.get('val_vs_grid_points', 0):+.2f}"]
+          for r in d["rows"]]
+  return head, rows
+
+
+BENCH = {"search": search_rows, "conv-share": conv_share_rows, "plain-flax": plain_flax_rows, "two-processes": two_processes_rows, "throughput": throughput_rows, "precision": precision_rows, "probe": probe_rows, "sweep": sweep_rows, "scaling": scaling_rows}
 
 
 def _jcnn():

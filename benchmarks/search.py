@@ -34,7 +34,7 @@ def arm(kind: str, args) -> dict:
   c = fashion_convnet.get_config()
   c.train.epochs = args.epochs
   c.data.val_size = args.val
-  c.data.train_limit = args.train + args.val
+  c.data.train_limit = args.train      # the training split after the validation split is held out
   c.data.test_limit = args.test
   s = sweep_lib.default_sweep()
   s.seeds = 1

@@ -5,7 +5,7 @@
   python launch.py --experiment=fashion_halving --sweep.search=grid   # every variant every epoch, to compare
 
 9 variants train in one program. After epoch 1 the best 3 on the validation split go on, after epoch 3 the best one;
-it trains to epoch 9. That is 9 + 3 x 2 + 1 x 6 = 21 variant-epochs, against the grid's 81. Budget: 10,000 training
+it trains to epoch 9. That is 9 + 3 x 2 + 1 x 6 = 21 variant-epochs, against the grid's 81. Budget: 12,000 training
 and 2,000 validation images. Results: summary.md (with the epoch each variant reached), lineage.jsonl (each
 decision), variants.jsonl, curves.png; with pbt also pbt.png (each variant's hyperparameters over training).
 """

@@ -227,9 +227,13 @@ def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
     host_ds.append(loaded[key])
   for gi, (c, ds) in enumerate(zip(configs, host_ds)):
     jax.eval_shape(program_lib.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot
-    if str(gi) not in plan:   # a search decides among all its variants: one program (train_variants checks memory)
-      plan[str(gi)] = len(variants) if sweep.search != "grid" else mesh_lib.from_process_0(
-          variants_per_program(c, ds, len(variants), sweep.max_chunk)[0])
+    if str(gi) not in plan:
+      k, per = variants_per_program(c, ds, len(variants), 0 if sweep.search != "grid" else sweep.max_chunk)
+      if sweep.search != "grid" and k < len(variants):   # a search decides among all its variants in one program
+        raise ConfigError(f"sweep.search={sweep.search} trains its {len(variants)} variants in one program, but only "
+                          f"{k} fit in memory (~{per / 2**20:.0f} MiB each): sweep fewer values or seeds, or lower "
+                          f"config.train.batch_size")
+      plan[str(gi)] = mesh_lib.from_process_0(len(variants) if sweep.search != "grid" else k)
   if "pad_to" in plan:
     rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))
             for s in range(0, len(variants), plan[str(gi)])]

@@ -98,7 +98,8 @@ def runs(tmp_path_factory):
       w = str(root / name)
       kind, devices = name.rsplit("_", 1)
       args = {"single": SINGLE, "sweep": SWEEP, "stream": [*SINGLE, "--config.data.stream=on"],
-              "bn": [*SINGLE, "--config.model.name=resnet_tiny", "--config.train.epochs=1"]}[kind]
+              "bn": [*SINGLE, "--config.model.name=resnet_tiny", "--config.train.epochs=1"],
+              "pbt": [*SWEEP, "--config.data.val_size=32", "--sweep.search=pbt", "--sweep.pbt_interval=2"]}[kind]
       if devices == "2x2":
         outs = launch_processes(args, w)
         assert all(rc == 0 for rc, _, _ in outs), [o[1][-1500:] + o[2][-1500:] for o in outs]
@@ -150,6 +151,20 @@ def test_variant_parallel_sweep_matches_the_unsharded_sweep(runs):
   assert [v["hparams"] for v in v1] == [v["hparams"] for v in v4] and len(v4) == 6   # padding left out
   for a, b in zip(v1, v4):
     assert abs(a["final"]["test_loss"] - b["final"]["test_loss"]) < 1e-5
+
+
+@pytest.mark.slow
+def test_population_based_training_decides_across_devices_as_on_one(runs):
+  """PBT's ranking and copying see every device's variants: 6 variants on 4 devices (2 padding copies, which never
+  rank and are never copied from) make the decisions one device makes, and train to the same parameters."""
+  (w1, _), (w4, _) = runs("pbt_1"), runs("pbt_4")
+  lineage = [[json.loads(line) for line in open(os.path.join(w, "lineage.jsonl"))] for w in (w1, w4)]
+  assert [e["step"] for e in lineage[0]] == [2, 4, 6]      # every 2 steps of the 6 (3 per epoch)
+  keys = ("step", "target", "source", "before", "after")
+  assert [{k: e[k] for k in keys} for e in lineage[0]] == [{k: e[k] for k in keys} for e in lineage[1]]
+  assert all(e["source"] < 6 and e["target"] < 6 for e in lineage[1])
+  one, four = state(w1), state(w4)
+  assert max_diff(one["params"], four["params"], rows=6) < TOL
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def test_sweep_axes_table():
     assert a.field in c[a.section], a       # every axis replaces an existing config field
   v = config_lib.variant_of(c, activation="elu", seed=4)
   assert v == {"dropout_rate": 0.0, "init_scale": 1.0, "activation": "elu", "learning_rate": 1e-3,
-               "weight_decay": 1e-4, "l2": 0.0, "seed": 4}
+               "weight_decay": 1e-4, "l2": 0.0, "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+               "clip_norm": 0.0, "ema_decay": 0.0, "seed": 4}
   arrays = config_lib.variant_arrays([v, config_lib.variant_of(c)])
   assert arrays["activation"].tolist() == [layers.ACTIVATIONS.index("elu"), layers.ACTIVATIONS.index("relu")]
   assert arrays["seed"].tolist() == [4, 0] and str(arrays["learning_rate"].dtype) == "float32"

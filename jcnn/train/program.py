@@ -83,10 +83,11 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
 
   order_seed = config.data.order_seed   # >= 0: every variant's epochs come in the same order
+  ema = tc.ema_decay > 0 or "ema_decay" in swept   # the state keeps a moving average of the parameters
   task_args = {"task": ds.task, "target": ds.target_stats, "huber_delta": tc.huber_delta}
 
   def init(h):
-    state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype)
+    state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype, ema=ema)
     opt_state = state.opt_state
     for a in axes:
       if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state

@@ -112,7 +112,7 @@ def all_finite(tree) -> jax.Array:
 #   clip_norm        gradients (l2 term included) times min(1, c / global norm) before the optimizer
 #   ema_decay        TrainState.ema = decay ema + (1 - decay) params after each step, from the initial parameters;
 #                    evaluation (make_eval_step) and checkpoint.load_trained use it
-MIX_FOLD = -7   # fold_in(step key, MIX_FOLD): the mixing key (chunk keys fold in 0, 1, ...; augmentation -1 - step)
+MIX_FOLD = 0x6D6978   # "mix": fold_in(step key, MIX_FOLD) is the mixing key (chunk keys fold in 0, 1, ...)
 
 
 def is_off(value) -> bool:
@@ -160,7 +160,7 @@ def mix_batch(key: jax.Array, x: jax.Array, mixup_alpha, cutmix_alpha) -> tuple[
 
 def clip_by_global_norm(grads, max_norm):
   """grads * min(1, max_norm / global norm) (optax.clip_by_global_norm); max_norm 0 leaves them unchanged."""
-  norm = optax.global_norm(grads)
+  norm = optax.tree.norm(grads)
   clip = (max_norm > 0) & (norm >= max_norm)
   return jax.tree.map(lambda g: jnp.where(clip, g / norm.astype(g.dtype) * max_norm, g), grads)
 

@@ -87,3 +87,17 @@ def test_a_field_added_since_a_run_was_saved_counts_as_its_default():
   assert config_lib.diff(saved, new.to_dict()) == []
   new.train.dtype = "bfloat16"
   assert config_lib.diff(saved, new.to_dict()) == ["train.dtype"]
+
+
+def test_every_sweep_axis_has_a_search_range_its_field_allows():
+  """lo <= default <= hi, both ends (where finite) pass the field's check, and perturb is 'scale' or 'resample'."""
+  c = config_lib.base_config()
+  for a in config_lib.SWEEP_AXES:
+    assert a.perturb in config_lib.PERTURBS, a
+    if a.perturb == "resample":
+      continue
+    assert a.lo <= c[a.section][a.field] <= a.hi, a
+    for end in (a.lo, a.hi):
+      assert not math.isfinite(end) or config_lib.check_value(a.key, end) is None, (a, end)
+  assert config_lib.SWEEP_AXES[0] == config_lib.Axis("dropout_rate", "model.dropout_rate", "float32", float, 0.0,
+                                                     0.95, "scale")   # positional order kept

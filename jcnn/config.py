@@ -391,10 +391,12 @@ def variant_arrays(variants) -> dict:
 
 
 def variant_config(config, variant: dict):
-  """A copy of `config` with one variant's hyperparameters and seed written into their fields: its standalone run."""
+  """A copy of `config` with one variant's hyperparameters and seed written into their fields: its standalone run.
+  An axis the variant lacks (a sweep saved before the axis existed) keeps the config's value."""
   c = config.copy_and_resolve_references()
   for a in SWEEP_AXES:
-    c[a.section][a.field] = variant[a.name]
+    if a.name in variant:
+      c[a.section][a.field] = variant[a.name]
   c.train.seed = variant["seed"]
   return c
 

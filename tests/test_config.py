@@ -76,6 +76,8 @@ def test_sweep_axes_table():
   assert arrays["seed"].tolist() == [4, 0] and str(arrays["learning_rate"].dtype) == "float32"
   vc = config_lib.variant_config(c, v)
   assert vc.model.activation == "elu" and vc.train.seed == 4 and c.model.activation == "relu"
+  old = {k: v[k] for k in ("dropout_rate", "init_scale", "activation", "learning_rate", "weight_decay", "l2", "seed")}
+  assert config_lib.variant_config(c, old).train.label_smoothing == 0.0   # a sweep saved before the recipes existed
 
 
 def test_a_field_added_since_a_run_was_saved_counts_as_its_default():

@@ -194,6 +194,18 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                                    "float16 adds dynamic loss scaling (float32 is fastest on CPU)"),
         "log_every": Field(100, integer(1), "steps between train rows of metrics.jsonl and TensorBoard"),
         "eval_batch_size": Field(1000, integer(1), "examples per evaluation batch"),
+        # Training recipes (jcnn/train/step.py, "Recipes"); each is off at 0 and may be a sweep axis.
+        "label_smoothing": Field(0.0, real(0, 1, hi_open=True), "classify with cross_entropy: the targets are "
+                                                                "(1 - eps) one-hot + eps / classes (0 = off)"),
+        "mixup_alpha": Field(0.0, real(0), "classify: mix each batch with a permutation of itself, weight "
+                                           "~ Beta(alpha, alpha) (0 = off; with cutmix_alpha > 0 each step picks "
+                                           "one of the two, at even odds)"),
+        "cutmix_alpha": Field(0.0, real(0), "classify: paste a box of a permuted batch into each image, area "
+                                            "~ 1 - Beta(alpha, alpha) (0 = off)"),
+        "clip_norm": Field(0.0, real(0), "clip the gradients to this global norm before the optimizer (0 = off)"),
+        "ema_decay": Field(0.0, real(0, 1, hi_open=True), "keep an average of the parameters, ema = decay * ema + "
+                                                          "(1 - decay) * params per step; evaluation and saved "
+                                                          "models use it (0 = off)"),
     },
     "optim": {
         "name": Field("rmsprop", choice(*OPTIMIZERS), "the optimizer"),
@@ -302,6 +314,14 @@ def check_task(config) -> None:
   if loss not in TASK_LOSSES[task]:
     raise ConfigError(f"config.train.loss={loss} does not fit config.train.task={task}: set config.train.loss to one "
                       f"of {', '.join(TASK_LOSSES[task])}")
+  if train["label_smoothing"] > 0 and (task, loss) != ("classify", "cross_entropy"):
+    raise ConfigError(f"config.train.label_smoothing={train['label_smoothing']} smooths class targets of a "
+                      f"cross-entropy, but config.train.task={task} and config.train.loss={loss}: set "
+                      f"config.train.label_smoothing=0 (or task=classify with loss=cross_entropy)")
+  for mix in ("mixup_alpha", "cutmix_alpha"):
+    if train[mix] > 0 and task != "classify":
+      raise ConfigError(f"config.train.{mix}={train[mix]} mixes class labels, but config.train.task={task}: set "
+                        f"config.train.{mix}=0 (or config.train.task=classify)")
   if task != "regress" and data["target_preprocess"] != "none":
     raise ConfigError(f"config.data.target_preprocess={data['target_preprocess']} transforms regression targets, but "
                       f"config.train.task={task} has class labels: set config.data.target_preprocess=none (or "
@@ -352,6 +372,12 @@ def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHA
 # variant replaces (`key`: its section says where the value goes — a model field, an injected optimizer
 # hyperparameter, or a train-step argument), the traced dtype, and how a value becomes a number. Adding one is a row
 # here plus a model field (or optimizer hyperparameter, or make_train_step argument) that accepts a traced value.
+#
+# `lo`, `hi` (inclusive) and `perturb` are for a population-based search: the range it may move a value within, and
+# how it moves one ('scale': multiply the value, then clip to [lo, hi]; 'resample': draw a new value, for categories).
+PERTURBS = ("scale", "resample")
+
+
 class Axis(NamedTuple):
   name: str
   key: str
@@ -375,13 +401,19 @@ def _activation_index(name):
   return layers.activation_index(name)
 
 
+INF = float("inf")
 SWEEP_AXES = (
     Axis("dropout_rate", "model.dropout_rate", lo=0.0, hi=0.95),
     Axis("init_scale", "model.init_scale", lo=1e-3, hi=100.0),
     Axis("activation", "model.activation", "int32", _activation_index, perturb="resample"),
     Axis("learning_rate", "optim.learning_rate", lo=1e-8, hi=10.0),
-    Axis("weight_decay", "optim.weight_decay", lo=0.0, hi=1.0),   # injected only by adamw: needs optim.name='adamw'
+    Axis("weight_decay", "optim.weight_decay", lo=0.0, hi=1.0),   # injected only by adamw: sweeping it needs adamw
     Axis("l2", "train.l2", lo=0.0, hi=1.0),
+    Axis("label_smoothing", "train.label_smoothing", lo=0.0, hi=0.5),
+    Axis("mixup_alpha", "train.mixup_alpha", lo=0.0, hi=10.0),
+    Axis("cutmix_alpha", "train.cutmix_alpha", lo=0.0, hi=10.0),
+    Axis("clip_norm", "train.clip_norm", lo=0.0, hi=INF),
+    Axis("ema_decay", "train.ema_decay", lo=0.0, hi=0.9999),
 )
 
 
@@ -402,10 +434,12 @@ def variant_arrays(variants) -> dict:
 
 
 def variant_config(config, variant: dict):
-  """A copy of `config` with one variant's hyperparameters and seed written into their fields: its standalone run."""
+  """A copy of `config` with one variant's hyperparameters and seed written into their fields: its standalone run.
+  An axis the variant lacks (a sweep saved before the axis existed) keeps the config's value."""
   c = config.copy_and_resolve_references()
   for a in SWEEP_AXES:
-    c[a.section][a.field] = variant[a.name]
+    if a.name in variant:
+      c[a.section][a.field] = variant[a.name]
   c.train.seed = variant["seed"]
   return c
 

@@ -23,7 +23,7 @@ from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
 from jcnn.sweep.memory import variants_per_program
 from jcnn.sweep.results import aggregate, markdown_table
-from jcnn.train import checkpoint, decide, loop, program as program_lib, workdir as workdir_lib, writers
+from jcnn.train import checkpoint, decide, loop, program as program_lib, step as step_lib, workdir as workdir_lib, writers
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -46,7 +46,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     out = _run(program, ds, config, workdir, main)
     results = _results(config, ds, out, mesh)
     if main:
-      variables = {"params": out["state"].params, "batch_stats": out["state"].batch_stats}
+      variables = {"params": step_lib.eval_params(out["state"]), "batch_stats": out["state"].batch_stats}
       _pictures(workdir, [(config.name or config.model.name, model, variables, ds)])
       writers.write_run(workdir, results)
       if "weights" in results:
@@ -80,7 +80,7 @@ def _results(config, ds, out: dict, mesh) -> dict:
              "final": history[-1], "compile_seconds": out["compile_seconds"], "wall_seconds": out["seconds"],
              "train_images_per_second": steps_per_epoch * config.train.batch_size * len(timed) / max(train_s, 1e-9),
              "mesh": mesh_lib.describe(mesh), **decide.summary(history, config)}
-  params = out["state"].params
+  params = step_lib.eval_params(out["state"])   # what evaluation used: the moving average when kept
   if set(params) == {"head"}:   # one layer (a neuron; linear or logistic regression): its weights are the answer
     results["weights"] = {k: np.asarray(mesh_lib.host(v)).tolist() for k, v in params["head"].items()}
   return results
@@ -201,6 +201,8 @@ def _check(config, sweep):
       if c[section][key]:
         raise ConfigError(f"config.{field}={c[section][key]!r}: a sweep trains all its variants for train.epochs "
                           f"(early stopping, plateaus and the best checkpoint are for single runs); set it to ''")
+    for v in {json.dumps({**v, "seed": 0}, sort_keys=True): v for v in variants}.values():   # one per grid point
+      config_lib.check_task(config_lib.variant_config(c, v))   # a swept recipe must fit the group's task and loss
   if not isinstance(sweep.max_chunk, int) or sweep.max_chunk < 0:
     raise ConfigError(f"sweep.max_chunk={sweep.max_chunk!r}: must be an integer >= 0 (0 = automatic)")
   if isinstance(sweep.tolerance, bool) or not isinstance(sweep.tolerance, (int, float)) or sweep.tolerance < 0:

@@ -69,12 +69,15 @@ def test_sweep_axes_table():
     assert a.field in c[a.section], a       # every axis replaces an existing config field
   v = config_lib.variant_of(c, activation="elu", seed=4)
   assert v == {"dropout_rate": 0.0, "init_scale": 1.0, "activation": "elu", "learning_rate": 1e-3,
-               "weight_decay": 1e-4, "l2": 0.0, "seed": 4}
+               "weight_decay": 1e-4, "l2": 0.0, "label_smoothing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0,
+               "clip_norm": 0.0, "ema_decay": 0.0, "seed": 4}
   arrays = config_lib.variant_arrays([v, config_lib.variant_of(c)])
   assert arrays["activation"].tolist() == [layers.ACTIVATIONS.index("elu"), layers.ACTIVATIONS.index("relu")]
   assert arrays["seed"].tolist() == [4, 0] and str(arrays["learning_rate"].dtype) == "float32"
   vc = config_lib.variant_config(c, v)
   assert vc.model.activation == "elu" and vc.train.seed == 4 and c.model.activation == "relu"
+  old = {k: v[k] for k in ("dropout_rate", "init_scale", "activation", "learning_rate", "weight_decay", "l2", "seed")}
+  assert config_lib.variant_config(c, old).train.label_smoothing == 0.0   # a sweep saved before the recipes existed
 
 
 def test_a_field_added_since_a_run_was_saved_counts_as_its_default():
@@ -86,3 +89,17 @@ def test_a_field_added_since_a_run_was_saved_counts_as_its_default():
   assert config_lib.diff(saved, new.to_dict()) == []
   new.train.dtype = "bfloat16"
   assert config_lib.diff(saved, new.to_dict()) == ["train.dtype"]
+
+
+def test_every_sweep_axis_has_a_search_range_its_field_allows():
+  """lo <= default <= hi, both ends (where finite) pass the field's check, and perturb is 'scale' or 'resample'."""
+  c = config_lib.base_config()
+  for a in config_lib.SWEEP_AXES:
+    assert a.perturb in config_lib.PERTURBS, a
+    if a.perturb == "resample":
+      continue
+    assert a.lo <= c[a.section][a.field] <= a.hi, a
+    for end in (a.lo, a.hi):
+      assert not math.isfinite(end) or config_lib.check_value(a.key, end) is None, (a, end)
+  assert config_lib.SWEEP_AXES[0] == config_lib.Axis("dropout_rate", "model.dropout_rate", "float32", float, 0.0,
+                                                     0.95, "scale")   # positional order kept

@@ -36,6 +36,8 @@ FIELDS = {
     "config.train.batch_size": INTS, "config.train.eval_batch_size": INTS, "config.train.log_every": INTS,
     "config.train.micro_batch": INTS, "config.train.seed": INTS, "config.train.l2": FLOATS,
     "config.train.loss": NAMES + ["mse", "cross_entropy"],
+    "config.train.label_smoothing": FLOATS, "config.train.mixup_alpha": FLOATS, "config.train.cutmix_alpha": FLOATS,
+    "config.train.clip_norm": FLOATS, "config.train.ema_decay": FLOATS,
     "config.optim.name": NAMES + ["sgd", "adamw", "nesterov"], "config.optim.learning_rate": FLOATS,
     "config.optim.schedule": NAMES + ["cosine", "step", "warmup_cosine"], "config.optim.boundaries": TUPLES,
     "config.optim.momentum": FLOATS, "config.optim.weight_decay": FLOATS, "config.optim.warmup_fraction": FLOATS,
@@ -52,6 +54,7 @@ SWEEP_FIELDS = {
     "sweep.seeds": INTS[:8], "sweep.max_chunk": INTS[:8], "sweep.strategy": NAMES + ["map", "vmap", "unroll"],
     "sweep.dropout_rate": TUPLES, "sweep.learning_rate": TUPLES, "sweep.init_scale": TUPLES,
     "sweep.activation": ["('tanh',)", "('x',)", "()", "(1,)"], "sweep.weight_decay": TUPLES,
+    "sweep.label_smoothing": TUPLES, "sweep.mixup_alpha": TUPLES, "sweep.ema_decay": TUPLES,
     "sweep.groups": ["()", "('model.dense=8',)", "('model.nokey=8',)", "('model.dense=',)", "('nosection.x=1',)",
                      "('model.dense=-1',)"],
 }

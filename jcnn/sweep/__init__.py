@@ -2,7 +2,8 @@
 
 A sweep is `get_sweep()` next to an experiment's `get_config()` (defaults: `default_sweep`):
   seeds          number of seeds per grid point (seed = config.train.seed + i)
-  dropout_rate, init_scale, activation, learning_rate, weight_decay, l2
+  dropout_rate, init_scale, activation, learning_rate, weight_decay, l2, label_smoothing, mixup_alpha, cutmix_alpha,
+  clip_norm, ema_decay
                  tuples of values to try (empty = not swept): the rows of config.SWEEP_AXES. These keep parameter
                  shapes, so they are traced values: every variant of a group is a slice of one leading axis V on
                  parameters, optimizer state, BatchNorm statistics and metrics, and one jitted step trains all V.

@@ -148,10 +148,11 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
 
   With a workdir, each program checkpoints into workdir/checkpoints/<group>-<first variant>/ and resumes from there,
   and writes metrics.jsonl rows and TensorBoard runs per variant. Returns one dict per variant: its hyperparameters,
-  failed flag and step, final metrics, per-epoch curves, and parameters. On a mesh, each program's variants are
-  padded to a multiple of `pad_to` (the variant axis it was planned for: see `padded`). With `sweep` whose search is
-  halving or pbt (jcnn.sweep.search), the variants train in one program that decides among them; each result adds
-  `epochs_trained` (halving) or `final_hparams` and `events` (pbt).
+  failed flag and step, final metrics, per-epoch curves, and parameters (those evaluation used: the moving average
+  when config.train.ema_decay is on or swept). On a mesh, each program's variants are padded to a multiple of
+  `pad_to` (the variant axis it was planned for: see `padded`). With `sweep` whose search is halving or pbt
+  (jcnn.sweep.search), the variants train in one program that decides among them; each result adds `epochs_trained`
+  (halving) or `final_hparams` and `events` (pbt).
   """
   ds = ds or data_lib.load(config.data, seed=config.train.seed, task=config.train.task)
   swept = list(swept if swept is not None else [a for a in AXES if len({str(v[a]) for v in variants}) > 1])
@@ -198,7 +199,7 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
       failed_at = int(res["failed_at"][j])
       r = {"hparams": v, "failed": failed_at >= 0, "failed_at": failed_at,
            "final": curves[-1] if curves else {}, "curves": curves, "compile_seconds": res["compile_seconds"],
-           "group_seconds": res["seconds"], "params": jax.tree.map(lambda p: p[j], res["state"].params)}
+           "group_seconds": res["seconds"], "params": jax.tree.map(lambda p: p[j], step_lib.eval_params(res["state"]))}
       if found is not None and found.kind == "halving":
         r["epochs_trained"] = search_lib.rung_reached(j, res["events"], config.train.epochs)
       if found is not None and found.kind == "pbt":

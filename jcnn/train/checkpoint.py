@@ -271,7 +271,8 @@ def load_trained(workdir: str, variant: int | None = None, checkpoint: str = "la
   its best epoch's (a run trained with config.checkpoint.best).
 
   workdir: a run's or a sweep's workdir; `variant`: for a sweep, the line of variants.jsonl (0-based). Returns
-  {'config' (the variant's own config), 'model', 'variables' ({'params', 'batch_stats'}), 'meta' (epoch rows, data:
+  {'config' (the variant's own config), 'model', 'variables' ({'params' (the parameters' moving average when the run
+  kept one: config.train.ema_decay), 'batch_stats'}), 'meta' (epoch rows, data:
   num_classes, outputs, task, input shape and dtype, preprocessing and target statistics), 'hparams' (sweeps)}.
   """
   import json  # pylint: disable=g-import-not-at-top
@@ -321,7 +322,8 @@ def load_trained(workdir: str, variant: int | None = None, checkpoint: str = "la
   restored = ck.restore_untyped(step)
   train = restored["state"]["train"]
   pick = (lambda t: jax.tree.map(lambda a: np.asarray(a)[j], t)) if j is not None else (lambda t: t)
-  variables = {"params": pick(train["params"]), "batch_stats": pick(train.get("batch_stats") or {})}
+  params = train.get("ema") or train["params"]   # the moving average, when the run kept one (config.train.ema_decay)
+  variables = {"params": pick(params), "batch_stats": pick(train.get("batch_stats") or {})}
   meta = restored["meta"]
   model = models.get(config.model, num_classes=meta["data"].get("outputs", meta["data"]["num_classes"]))
   return {"config": config, "model": model, "variables": variables, "meta": meta,

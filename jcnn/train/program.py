@@ -67,7 +67,8 @@ class Program(NamedTuple):
 def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None) -> ModelFns:
   """The per-model functions for `config` on `ds`. Keys: split(key(seed), 3) = init, data order, dropout; the epoch's
   order is fold_in(k_data, epoch), a step's dropout key fold_in(k_dropout, step), its augmentation key
-  fold_in(k_dropout, -1 - step). With a mesh whose `data` axis is > 1, every batch is split over it (the step then
+  fold_in(k_dropout, -1 - step), its mixup / cutmix key fold_in(fold_in(k_dropout, step), step.MIX_FOLD). The state
+  keeps a moving average of the parameters when config.train.ema_decay > 0 or it is swept. With a mesh whose `data` axis is > 1, every batch is split over it (the step then
   runs each device's share whole, without micro-batch chunks)."""
   tc = config.train
   split = mesh_lib.axis(mesh, "data") > 1
@@ -88,10 +89,11 @@ def model_fns(config, ds: data_lib.Dataset, swept: Sequence[str] = (), mesh=None
     return jax.random.split(jax.random.key(h["seed"]), 3)   # k_init, k_data, k_dropout
 
   order_seed = config.data.order_seed   # >= 0: every variant's epochs come in the same order
+  ema = tc.ema_decay > 0 or "ema_decay" in swept   # the state keeps a moving average of the parameters
   task_args = {"task": ds.task, "target": ds.target_stats, "huber_delta": tc.huber_delta}
 
   def init(h):
-    state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype)
+    state = step_lib.init_state(model_for(h), tx, keys_for(h)[0], sample, tc.dtype, ema=ema)
     opt_state = state.opt_state
     for a in axes:
       if a.section == "optim":   # injected hyperparameters (optax.inject_hyperparams) of the optimizer state

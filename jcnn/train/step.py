@@ -98,6 +98,84 @@ def all_finite(tree) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Recipes (config.train: label_smoothing, mixup_alpha, cutmix_alpha, clip_norm, ema_decay). Each is off at 0, and
+# each may be a traced value (a sweep axis): a traced 0 computes what the recipe-free step computes (the arithmetic
+# selects 1 for the mixing weight, skips the clip, copies the parameters into the average). A value that is a Python
+# 0 leaves the recipe out of the program altogether.
+#   label smoothing  cross-entropy against (1 - eps) one-hot + eps / K (jcnn/train/tasks.py)
+#   mixup, cutmix    per step: key k = fold_in(step key, MIX_FOLD); k_perm, k_mixup, k_cutmix, k_row, k_col,
+#                    k_switch = split(k, 6); a permutation of the batch, lam ~ Beta(alpha, alpha); mixup blends the
+#                    images, cutmix pastes a box (CutMix, Yun et al. 2019: cut ratio sqrt(1 - lam), centre uniform,
+#                    clipped to the image; lam becomes the share of the image left). With both alphas > 0 each step
+#                    picks cutmix with probability 0.5 (timm's switch). Loss: lam L(y) + (1 - lam) L(y[perm]);
+#                    the training accuracy counts hits against the original labels y.
+#   clip_norm        gradients (l2 term included) times min(1, c / global norm) before the optimizer
+#   ema_decay        TrainState.ema = decay ema + (1 - decay) params after each step, from the initial parameters;
+#                    evaluation (make_eval_step) and checkpoint.load_trained use it
+MIX_FOLD = 0x6D6978   # "mix": fold_in(step key, MIX_FOLD) is the mixing key (chunk keys fold in 0, 1, ...)
+
+
+def is_off(value) -> bool:
+  """A recipe's value known, outside the trace, to be 0 (a traced value is never off: it may vary per variant)."""
+  return isinstance(value, (int, float)) and value == 0
+
+
+def mix_weight(key: jax.Array, alpha) -> jax.Array:
+  """float32 scalar lam ~ Beta(alpha, alpha); exactly 1 when alpha is 0 (no mixing)."""
+  on = alpha > 0
+  lam = jax.random.beta(key, jnp.where(on, alpha, 1.0), jnp.where(on, alpha, 1.0))
+  return jnp.where(on, lam, 1.0).astype(jnp.float32)
+
+
+def cutmix_box(k_row: jax.Array, k_col: jax.Array, lam: jax.Array, height: int, width: int) -> jax.Array:
+  """[H, W] bool: the box to paste, of side floor(sqrt(1 - lam) * side) around a uniform centre, clipped to the
+  image (the CutMix paper's rand_bbox)."""
+  r = jnp.sqrt(1.0 - lam)
+  cut_h, cut_w = jnp.floor(height * r).astype(jnp.int32), jnp.floor(width * r).astype(jnp.int32)
+  cy, cx = jax.random.randint(k_row, (), 0, height), jax.random.randint(k_col, (), 0, width)
+  y1, y2 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+  x1, x2 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+  rows, cols = jnp.arange(height), jnp.arange(width)
+  return ((rows >= y1) & (rows < y2))[:, None] & ((cols >= x1) & (cols < x2))[None, :]
+
+
+def mix_batch(key: jax.Array, x: jax.Array, mixup_alpha, cutmix_alpha) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(mixed x [B, H, W, C], perm [B], lam): the batch mixed with x[perm] by mixup or cutmix (see "Recipes");
+  lam is the weight of the original labels. Both alphas 0: x unchanged, lam = 1."""
+  if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim != 4:
+    raise ConfigError(f"config.train.mixup_alpha / cutmix_alpha mix images [B, H, W, C] of real values, not "
+                      f"{x.dtype} inputs of shape {tuple(x.shape)}: set both to 0")
+  k_perm, k_mixup, k_cutmix, k_row, k_col, k_switch = jax.random.split(key, 6)
+  B, H, W = x.shape[:3]
+  perm = jax.random.permutation(k_perm, B)                        # [B]
+  xp = x[perm]                                                    # [B, H, W, C]
+  lam_mix = mix_weight(k_mixup, mixup_alpha)
+  box = cutmix_box(k_row, k_col, mix_weight(k_cutmix, cutmix_alpha), H, W)   # [H, W]
+  lam_cut = 1.0 - box.sum().astype(jnp.float32) / (H * W)         # the share of the image left after clipping
+  both = (mixup_alpha > 0) & (cutmix_alpha > 0)
+  use_cut = jnp.where(both, jax.random.bernoulli(k_switch), cutmix_alpha > 0)
+  mixed = jnp.where(use_cut, jnp.where(box[None, :, :, None], xp, x), lam_mix * x + (1 - lam_mix) * xp)
+  return mixed.astype(x.dtype), perm, jnp.where(use_cut, lam_cut, lam_mix)
+
+
+def clip_by_global_norm(grads, max_norm):
+  """grads * min(1, max_norm / global norm) (optax.clip_by_global_norm); max_norm 0 leaves them unchanged."""
+  norm = optax.tree.norm(grads)
+  clip = (max_norm > 0) & (norm >= max_norm)
+  return jax.tree.map(lambda g: jnp.where(clip, g / norm.astype(g.dtype) * max_norm, g), grads)
+
+
+def ema_update(ema, params, decay):
+  """decay * ema + (1 - decay) * params, per leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
+def eval_params(state: "TrainState"):
+  """The parameters evaluation uses: the moving average when the state keeps one, else the trained parameters."""
+  return state.params if state.ema is None else state.ema
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # State and steps.
 class TrainState(struct.PyTreeNode):
   step: jax.Array       # int32 scalar: optimizer steps taken
@@ -105,12 +183,14 @@ class TrainState(struct.PyTreeNode):
   batch_stats: Any      # BatchNorm running statistics ({} when the model has none), float32
   opt_state: Any
   loss_scale: Any = None   # LossScale when computing in float16; None (no leaves, the same pytree) otherwise
+  ema: Any = None          # the parameters' moving average (config.train.ema_decay); None (no leaves) when off
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, sample_x: jax.Array,
-               dtype: str = "float32") -> TrainState:
+               dtype: str = "float32", ema: bool = False) -> TrainState:
   """Initialises parameters from `key` on one example's shape. A model that cannot take the shape raises ShapeError.
-  `dtype` is the compute dtype of the steps that will train it: float16 adds the initial LossScale."""
+  `dtype` is the compute dtype of the steps that will train it: float16 adds the initial LossScale. `ema`: keep a
+  moving average of the parameters (starting at the initial parameters)."""
   k_params, k_dropout = jax.random.split(key)
   try:
     # jitted: un-jitted init dispatches (and compiles) every random op separately, ~10x slower on CPU.
@@ -125,7 +205,8 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Arra
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params),
-                    loss_scale=LossScale.create() if compute_dtype(dtype) == jnp.float16 else None)
+                    loss_scale=LossScale.create() if compute_dtype(dtype) == jnp.float16 else None,
+                    ema=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def _apply(model, params, batch_stats, x, train, rng):
@@ -238,10 +319,14 @@ def _chunks(m: int, *arrays):
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy",
                     l2: float | jax.Array = 0.0, micro_batch: int = 0, dtype: str = "float32",
                     loss_scale_period: int = LOSS_SCALE_PERIOD, task: str = "classify", target: dict | None = None,
-                    huber_delta: float = 1.0) -> Callable:
+                    huber_delta: float = 1.0, label_smoothing: float | jax.Array = 0.0,
+                    mixup_alpha: float | jax.Array = 0.0, cutmix_alpha: float | jax.Array = 0.0,
+                    clip_norm: float | jax.Array = 0.0, ema_decay: float | jax.Array = 0.0) -> Callable:
   """Returns the pure step (state, x [B,...], y [B] (regress: [B, T]), rng) -> (state, metric sums). Its dropout key
   is fold_in(rng, step). `task`, `loss`, `huber_delta`: jcnn/train/tasks.py; `target`: the regression targets'
-  statistics (metrics in the target's units).
+  statistics (metrics in the target's units). `label_smoothing`, `mixup_alpha`, `cutmix_alpha`, `clip_norm`,
+  `ema_decay`: the recipes ("Recipes" above; floats or traced scalars). A state with an `ema` updates it (decay 0:
+  the average is the parameters); ema_decay > 0 needs one (init_state(..., ema=True)).
 
   The batch runs in chunks of `micro_batch_size(B, micro_batch)` examples (chunk c's dropout key: fold_in(key, c));
   their gradients add up to the batch-mean gradient and the optimizer updates once. With BatchNorm and an explicit
@@ -250,6 +335,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
   init_state(..., dtype="float16") and doubles its loss scale after `loss_scale_period` finite steps in a row."""
   tasks.per_example_loss(loss, jnp.zeros((1, 2)), jnp.zeros((1, 2)) if task == "regress" else
                          jnp.zeros((1,), jnp.int32), task)   # validate the names now, not inside jit
+  mixing = not (is_off(mixup_alpha) and is_off(cutmix_alpha))
+  if task != "classify" and (mixing or not is_off(label_smoothing)):
+    raise ConfigError(f"label smoothing, mixup and cutmix mix class labels, not task {task}: set "
+                      f"config.train.label_smoothing, mixup_alpha and cutmix_alpha to 0")
   cdtype = compute_dtype(dtype)
   mixed, scaled = cdtype != jnp.float32, cdtype == jnp.float16
 
@@ -258,28 +347,38 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
     B = x.shape[0]
     if scaled and state.loss_scale is None:
       raise ValueError("a float16 step needs a state with a loss scale: init_state(..., dtype='float16')")
+    if not is_off(ema_decay) and state.ema is None:
+      raise ValueError("ema_decay > 0 needs a state with a moving average: init_state(..., ema=True)")
+    labels, lam = (y,), None                         # ([B],) or, mixing, (y [B], y[perm] [B])
+    if mixing:
+      x, perm, lam = mix_batch(jax.random.fold_in(rng, MIX_FOLD), x, mixup_alpha, cutmix_alpha)
+      labels = (y, y[perm])
 
-    def chunk_loss(params, batch_stats, xc, yc, r):  # chunk loss sum / B: chunk gradients add up to the batch's
+    def chunk_loss(params, batch_stats, xc, lc, r):  # chunk loss sum / B: chunk gradients add up to the batch's
       if mixed:   # differentiated casts: the gradients come back float32
         params, xc = cast_floats(params, cdtype), cast_floats(xc, cdtype)
       logits, batch_stats = _apply(model, params, batch_stats, xc, True, r)
       if mixed:
         logits, batch_stats = logits.astype(jnp.float32), cast_floats(batch_stats, jnp.float32)
-      losses = tasks.per_example_loss(loss, logits, yc, task, huber_delta)   # [m]
+      yc = lc[0]
+      losses = tasks.per_example_loss(loss, logits, yc, task, huber_delta, label_smoothing)   # [m]
+      if mixing:
+        losses = lam * losses + (1 - lam) * tasks.per_example_loss(loss, logits, lc[1], task, huber_delta,
+                                                                   label_smoothing)
       objective = losses.sum() / B * state.loss_scale.scale if scaled else losses.sum() / B
       return objective, (tasks.sums(task, losses, logits, yc, target), batch_stats)
 
     grad_fn = jax.grad(chunk_loss, has_aux=True)
     m = micro_batch_size(B, micro_batch, bool(state.batch_stats))
     if m == B:
-      grads, (metrics, batch_stats) = grad_fn(state.params, state.batch_stats, x, y, rng)
+      grads, (metrics, batch_stats) = grad_fn(state.params, state.batch_stats, x, labels, rng)
     else:
-      xs, ys = _chunks(m, x, y)                      # [B/m, m, ...]
+      xs, *ls = _chunks(m, x, *labels)               # [B/m, m, ...]
 
       def body(carry, c):
         g, ms, bs = carry
-        xc, yc = take((xs, ys), c)
-        gc, (ms_c, bs) = grad_fn(state.params, bs, xc, yc, jax.random.fold_in(rng, c))
+        xc, lc = take((xs, tuple(ls)), c)
+        gc, (ms_c, bs) = grad_fn(state.params, bs, xc, lc, jax.random.fold_in(rng, c))
         return (jax.tree.map(jnp.add, g, gc), jax.tree.map(jnp.add, ms, ms_c), bs), None
 
       zero = (jax.tree.map(jnp.zeros_like, state.params), tasks.zero(task, y.shape[-1]), state.batch_stats)
@@ -288,9 +387,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: st
       grads = jax.tree.map(lambda g: g / state.loss_scale.scale, grads)
     if not (isinstance(l2, (int, float)) and l2 == 0):
       grads = jax.tree.map(lambda g, p: g + l2 * p, grads, jax.grad(l2_penalty)(state.params))
+    if not is_off(clip_norm):
+      grads = clip_by_global_norm(grads, clip_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                              ema=None if state.ema is None else ema_update(state.ema, params, ema_decay))
     if scaled:   # non-finite gradients: keep the old parameters, optimizer state and statistics; adjust the scale
       finite = all_finite(grads)
       new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new_state, state).replace(
@@ -304,15 +406,16 @@ def make_eval_step(model: nn.Module, loss: str = "cross_entropy", micro_batch: i
                    dtype: str = "float32", task: str = "classify", target: dict | None = None,
                    huber_delta: float = 1.0) -> Callable:
   """(state, x, y, mask) -> metric sums over the examples where mask is True (in chunks, as the train step; exact for
-  every model: evaluation uses BatchNorm's running statistics). `dtype`, `task`, `target`: as the train step's."""
+  every model: evaluation uses BatchNorm's running statistics), with the moving average of the parameters when the
+  state keeps one (`eval_params`). `dtype`, `task`, `target`: as the train step's."""
   cdtype = compute_dtype(dtype)
 
   def sums(state, x, y, mask):
+    params = eval_params(state)
     if cdtype == jnp.float32:
-      logits, _ = _apply(model, state.params, state.batch_stats, x, False, None)
+      logits, _ = _apply(model, params, state.batch_stats, x, False, None)
     else:
-      logits, _ = _apply(model, cast_floats(state.params, cdtype), state.batch_stats, cast_floats(x, cdtype), False,
-                         None)
+      logits, _ = _apply(model, cast_floats(params, cdtype), state.batch_stats, cast_floats(x, cdtype), False, None)
       logits = logits.astype(jnp.float32)
     return tasks.sums(task, tasks.per_example_loss(loss, logits, y, task, huber_delta), logits, y, target, mask)
 

@@ -41,8 +41,9 @@ def primary(task: str) -> str:
 
 
 def per_example_loss(name: str, out: jax.Array, y: jax.Array, task: str = "classify",
-                     huber_delta: float = 1.0) -> jax.Array:
-  """[B] losses. `out` [B, K] (classify), [B, 1] (binary) or [B, T] (regress; `y` [B, T])."""
+                     huber_delta: float = 1.0, label_smoothing: float | jax.Array = 0.0) -> jax.Array:
+  """[B] losses. `out` [B, K] (classify), [B, 1] (binary) or [B, T] (regress; `y` [B, T]). `label_smoothing` eps
+  (classify, cross_entropy; may be traced): the targets are (1 - eps) one-hot + eps / K (optax.smooth_labels)."""
   if task not in TASKS:
     raise ConfigError(f"unknown task {task!r}: set config.train.task to one of {', '.join(TASKS)}")
   if name not in TASK_LOSSES[task]:
@@ -50,7 +51,14 @@ def per_example_loss(name: str, out: jax.Array, y: jax.Array, task: str = "class
     raise ConfigError(f"unknown loss {name!r} for task {task}: set config.train.loss to one of {allowed}"
                       if name not in LOSSES else
                       f"config.train.loss={name} does not fit config.train.task={task}: use one of {allowed}")
+  smoothed = not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0)
+  if smoothed and (task, name) != ("classify", "cross_entropy"):
+    raise ConfigError(f"config.train.label_smoothing applies to task classify with loss cross_entropy, not {task} "
+                      f"with {name}: set config.train.label_smoothing=0")
   if task == "classify":
+    if name == "cross_entropy" and smoothed:
+      onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)  # [B, K]
+      return optax.softmax_cross_entropy(out, onehot * (1 - label_smoothing) + label_smoothing / out.shape[-1])
     if name == "cross_entropy":
       return optax.softmax_cross_entropy_with_integer_labels(out, y)
     onehot = jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)   # mse: the softmax against one-hot, as Keras' 'mse'

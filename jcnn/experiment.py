@@ -23,7 +23,8 @@ from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
 from jcnn.sweep.memory import variants_per_program
 from jcnn.sweep.results import aggregate, markdown_table
-from jcnn.train import checkpoint, decide, loop, program as program_lib, step as step_lib, workdir as workdir_lib, writers
+from jcnn.train import checkpoint, decide, loop, program as program_lib, step as step_lib, writers
+from jcnn.train import workdir as workdir_lib
 
 
 def train_and_evaluate(config, workdir: str) -> dict:

@@ -199,7 +199,8 @@ def train_variants(config, variants: Sequence[dict], ds: data_lib.Dataset | None
       failed_at = int(res["failed_at"][j])
       r = {"hparams": v, "failed": failed_at >= 0, "failed_at": failed_at,
            "final": curves[-1] if curves else {}, "curves": curves, "compile_seconds": res["compile_seconds"],
-           "group_seconds": res["seconds"], "params": jax.tree.map(lambda p: p[j], step_lib.eval_params(res["state"]))}
+           "group_seconds": res["seconds"],
+           "params": jax.tree.map(lambda p: p[j], step_lib.eval_params(res["state"]))}   # EMA weights when kept
       if found is not None and found.kind == "halving":
         r["epochs_trained"] = search_lib.rung_reached(j, res["events"], config.train.epochs)
       if found is not None and found.kind == "pbt":

@@ -122,7 +122,10 @@ def check_launch(argv):
   if fv.mode == "train" and experiment is not None:
     config_lib.check_config(fv.config)
     if "sweep" in fv:
-      assert sweep_lib.variants_of(fv.config, fv.sweep)
+      variants = sweep_lib.variants_of(fv.config, fv.sweep)
+      assert variants
+      from jcnn.sweep import search  # pylint: disable=g-import-not-at-top
+      search.check(fv.config, fv.sweep, len(variants), sweep_lib.swept_axes(fv.sweep), list(fv.sweep.groups))
 
 
 def test_every_command_is_one_jcnn_accepts(capsys):

@@ -29,7 +29,7 @@ def _decoded(axis: str, x, variants: Sequence[dict]):
   if jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
     encode = {a.name: a.encode for a in config_lib.SWEEP_AXES}[axis]
     return next((v[axis] for v in variants if encode(v[axis]) == int(x)), int(x))
-  return float(x)
+  return float(f"{float(x):.7g}")   # a float32 as written (1e-3, not 0.0010000000474974513)
 
 
 def default_strategy(n_variants: int = 1) -> str:

@@ -2,12 +2,15 @@
 
   python benchmarks/sweep_throughput.py                      # V = 1 2 4 8 16, batch 64, strategies vmap and map
   python benchmarks/sweep_throughput.py --variants=1,4 --windows=3 --out=sweep.json
+  python benchmarks/sweep_throughput.py --strategies=map,capped    # also: map in programs of the measured CPU cap
 
 "Sequential" is the single-model step of the one loop (`jcnn.train.program.single_program`, what `loop.run` calls per
 step: jitted, donated, batch gathered on the device); V models trained one after another run at its model-images/s.
 "Sweep" is jcnn.sweep's compiled group step (`sweep.program`; dropout rate and seed vary per variant). Windows
-alternate between the two in one process; each number is the median over windows; compile time (first call) is
-reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
+alternate between the two in one process; each rate is the median over windows, and "ratio" the median of the
+per-window ratios (sweep window / the sequential window just before it: the machine's drift cancels; the ratio of the
+two medians, which let one slow stretch of a shared machine read as 0.84x, is kept as "ratio_of_medians"); compile
+time (first call) is reported separately. Data: synthetic 28x28x1 (the step does not depend on pixel values).
 """
 import argparse
 import functools
@@ -25,6 +28,7 @@ import numpy as np  # noqa: E402
 from experiments import fashion_convnet  # noqa: E402
 from jcnn import data as data_lib, sweep  # noqa: E402
 from jcnn.parallel import machine  # noqa: E402
+from jcnn.sweep import cpu_chunk  # noqa: E402
 from jcnn.train import program as program_lib  # noqa: E402
 
 
@@ -37,7 +41,7 @@ def timed(fn, steps):
   return time.perf_counter() - t
 
 
-def measure(config, ds, V: int, strategies, windows: int, model_images: int, run_single) -> list[dict]:
+def measure(config, ds, V: int, strategies, windows: int, model_images: int, run_single, cap: int = 0) -> list[dict]:
   """Rows {V, strategy, sweep / sequential model-images/s, ratio, compile_s} for V seeds of `config` in one program
   per strategy, windows alternating with `run_single` (one step of the single-model program)."""
   batch = config.train.batch_size
@@ -48,16 +52,22 @@ def measure(config, ds, V: int, strategies, windows: int, model_images: int, run
   variants = sweep.variants_of(config, sw)
   progs = {}
   for strategy in strategies:
-    prog = sweep.program(sweep.make_group_fns(config, ds, ["dropout_rate"], strategy), ds, variants)
+    # "capped": strategy map in programs of at most `cap` variants (the plan's CPU cap), stepped in turn
+    sizes = [min(cap, V - s) for s in range(0, V, cap)] if strategy == "capped" and cap else [V]
+    fns = sweep.make_group_fns(config, ds, ["dropout_rate"], "map" if strategy == "capped" else strategy)
+    parts = []
     t = time.perf_counter()
-    b = prog.batches(1)
-    carry = [prog.step(prog.init(), b)]
-    jax.block_until_ready(carry)
+    for start, size in zip(np.cumsum([0] + sizes[:-1]), sizes):
+      prog = sweep.program(fns, ds, variants[start:start + size])
+      b = prog.batches(1)
+      parts.append((prog, [prog.step(prog.init(), b)], b))
+    jax.block_until_ready([c for _, c, _ in parts])
     compile_s = time.perf_counter() - t
 
-    def run(prog=prog, carry=carry, b=b):
-      carry[0] = prog.step(carry[0], b)
-      return carry[0].acc
+    def run(parts=parts):
+      for prog, carry, b in parts:
+        carry[0] = prog.step(carry[0], b)
+      return [c[0].acc for _, c, _ in parts]
 
     progs[strategy] = (run, compile_s)
   steps = max(1, model_images // (batch * V))
@@ -70,12 +80,14 @@ def measure(config, ds, V: int, strategies, windows: int, model_images: int, run
       rates[s].append(steps * batch * V / timed(run, steps))
   med = {k: float(np.median(v)) for k, v in rates.items()}
   for s, (_, compile_s) in progs.items():
+    paired = float(np.median(np.array(rates[s]) / np.array(rates["sequential"])))
     row = {"V": V, "strategy": s, "sweep_model_images_per_s": med[s],
-           "sequential_model_images_per_s": med["sequential"], "ratio": med[s] / med["sequential"],
-           "compile_s": compile_s}
+           "sequential_model_images_per_s": med["sequential"], "ratio": paired,
+           "ratio_of_medians": med[s] / med["sequential"], "window_ratios": [
+               round(a / b, 3) for a, b in zip(rates[s], rates["sequential"])], "compile_s": compile_s}
     rows.append(row)
     print(f"V={V:<3} {s:<5} sweep {med[s]:8.0f} model-img/s | sequential {med['sequential']:8.0f} | "
-          f"ratio {row['ratio']:.2f} | compile {compile_s:.1f}s", flush=True)
+          f"ratio {row['ratio']:.2f} (of medians {row['ratio_of_medians']:.2f}) | compile {compile_s:.1f}s", flush=True)
   return rows
 
 
@@ -111,13 +123,18 @@ def main():
     return st[0].acc
 
   print(f"backend {jax.default_backend()}, batch {args.batch}; single-model compile {single_compile:.1f}s", flush=True)
+  probe = None
+  if "capped" in args.strategies.split(","):   # the cap a grid's plan applies on this machine (measured now)
+    probe = cpu_chunk.probe(args.batch)
+    print(f"CPU variants-per-program probe: cap {probe['chunk']}, V / separate runs {probe['ratio']}", flush=True)
   rows = []
   for V in [int(v) for v in args.variants.split(",")]:
-    rows += measure(config, ds, V, args.strategies.split(","), args.windows, args.model_images, run_single)
+    rows += measure(config, ds, V, args.strategies.split(","), args.windows, args.model_images, run_single,
+                    probe["chunk"] if probe else 0)
   rec = machine.record()
   print(f"machine: {machine.describe(rec)}")
   result = {"command": machine.command_line(), "date": time.strftime("%Y-%m-%d"), "machine": rec, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "batch": args.batch,
-            "windows": args.windows, "single_compile_s": single_compile, "rows": rows, "jax": jax.__version__}
+            "windows": args.windows, "single_compile_s": single_compile, "cpu_variant_probe": probe, "rows": rows, "jax": jax.__version__}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(result, f, indent=2)

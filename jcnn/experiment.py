@@ -18,7 +18,7 @@ from jcnn import config as config_lib, data as data_lib, models
 from jcnn.errors import ConfigError
 from jcnn.inspect import pictures, summary
 from jcnn.parallel import mesh as mesh_lib
-from jcnn.sweep import search as search_lib
+from jcnn.sweep import cpu_chunk, search as search_lib
 from jcnn.sweep.grid import swept_axes, variants_of
 from jcnn.sweep.lift import padded, train_variants
 from jcnn.sweep.memory import variants_per_program
@@ -236,6 +236,12 @@ def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
         raise ConfigError(f"sweep.search={sweep.search} trains its {len(variants)} variants in one program, but only "
                           f"{k} fit in memory (~{per / 2**20:.0f} MiB each): sweep fewer values or seeds, or lower "
                           f"config.train.batch_size")
+      if sweep.search == "grid" and sweep.strategy in ("auto", "map") and jax.device_count() == 1:
+        cap = cpu_chunk.variants_per_cpu_program(c.train.batch_size)
+        if cap and cap < k:
+          print(f"sweep: at most {cap} variants per CPU program (what kept pace with separate runs on this machine: "
+                f"jcnn.sweep.cpu_chunk; JCNN_VARIANT_CHUNK_CPU=N sets it)", flush=True)
+          k = cap
       plan[str(gi)] = mesh_lib.from_process_0(len(variants) if sweep.search != "grid" else k)
   if "pad_to" in plan:
     rows = [len(padded(variants[s:s + plan[str(gi)]], plan["pad_to"])) for gi in range(len(configs))

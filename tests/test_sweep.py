@@ -220,6 +220,30 @@ def test_chunking_splits_and_gives_the_same_numbers(capsys):
   assert sweep.chunk_size(3, per_variant=100, budget=10**9) == 3
 
 
+def test_cpu_variant_cap_from_paired_windows_and_in_the_plan(monkeypatch, tmp_path):
+  from jcnn import experiment
+  from jcnn.sweep import cpu_chunk
+  single = [100.0, 110.0, 90.0]
+  # Per window V / single: V=2 1.010 1.018 1.011; V=4 1.0 0.909 1.056 (median 1.0: kept); V=8 0.9 0.9 0.889
+  # (dropped); V=16 1.2 1.182 1.111, faster again, but the cap stops at the first V that fell behind.
+  rates = {1: single, 2: [101, 112, 91], 4: [100, 100, 95], 8: [90, 99, 80], 16: [120, 130, 100]}
+  assert cpu_chunk.choose(rates) == {"chunk": 4, "ratio": {"2": 1.011, "4": 1.0, "8": 0.9, "16": 1.182}}
+  assert cpu_chunk.choose({1: single, 2: [99, 109, 89]})["chunk"] == 1   # V=2 behind: each variant its own program
+  config = tiny_config()
+  s = sweep.default_sweep()
+  s.seeds = 5
+  variants = sweep.variants_of(config, s)
+  monkeypatch.setenv("JCNN_VARIANT_CHUNK_CPU", "2")
+  assert experiment._plan(config, [config], variants, s, str(tmp_path / "a"), False)[0]["0"] == 2
+  s.max_chunk = 1                                 # the smaller of the two caps
+  assert experiment._plan(config, [config], variants, s, str(tmp_path / "b"), False)[0]["0"] == 1
+  s.max_chunk, s.search, s.rungs = 0, "halving", (1,)   # a search keeps every variant in one program
+  assert experiment._plan(config, [config], variants, s, str(tmp_path / "c"), False)[0]["0"] == 5
+  monkeypatch.setenv("JCNN_VARIANT_CHUNK_CPU", "0")
+  s.search = "grid"
+  assert experiment._plan(config, [config], variants, s, str(tmp_path / "d"), False)[0]["0"] == 5
+
+
 def test_bytes_per_variant_by_hand():
   config = tiny_config()
   model = models.get(config.model, num_classes=10)

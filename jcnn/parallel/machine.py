@@ -6,6 +6,8 @@
   cpu_micro_batch(batch, probe, default)
                           the chunk size of a CPU train/eval step (jcnn.train.micro_batch_size's automatic choice):
                           `probe` (jcnn.train.step.probe_chunk) measures it once per machine and batch; cached here
+  cpu_variant_chunk(batch, probe)
+                          the most variants one CPU sweep program holds (jcnn.sweep.cpu_chunk): measured the same way
 
 The chunk size is a per-machine choice because it is one in fact: on this project's 2-core AMD EPYC (Zen 5) the Keras
 convnet's batch-64 step ran 1.15x faster in chunks of 16, while on a 2-core Intel Xeon (AVX-512 + AMX) the whole batch
@@ -149,3 +151,23 @@ def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> i
   if cache_dir() is None:
     return default
   return int(measured.lookup("machine.json", _key(batch), lambda: probe(batch))["chunk"])
+
+
+def cpu_variant_chunk(batch: int, probe: Callable[[int], dict]) -> int:
+  """The most variants one CPU sweep program should hold for steps of `batch` examples, 0 = no cap:
+    1. JCNN_VARIANT_CHUNK_CPU=N if set (0 = no cap);
+    2. with no machine cache (JCNN_MACHINE_CACHE=0, as in tests): 0, nothing measured;
+    3. else the cached choice for (CPU model, flags, cores, jax version, batch) in <cache_dir>/machine.json, measured
+       by `probe(batch)` -> {'chunk', ...} the first time (jcnn.sweep.cpu_chunk.probe) and written there."""
+  env = os.environ.get("JCNN_VARIANT_CHUNK_CPU")
+  if env:
+    return int(env)
+  if cache_dir() is None:
+    return 0
+  return _variant_chunk(batch, probe)
+
+
+@functools.lru_cache(maxsize=None)
+def _variant_chunk(batch: int, probe: Callable[[int], dict]) -> int:
+  return int(measured.lookup("machine.json", _key(batch) + "|variants per program",
+                             lambda: dict(probe(batch), what="variants per CPU sweep program"))["chunk"])

@@ -11,9 +11,13 @@ A sweep is `get_sweep()` next to an experiment's `get_config()` (defaults: `defa
                  separate compiled group, crossed with the grid.
   max_chunk      at most this many variants per program (0 = automatic, see `memory.chunk_size`).
   strategy       how the V variants run inside the program: auto (per backend) | vmap | map | unroll.
+  search, rungs, eta, pbt_*
+                 grid (every variant trains every epoch) | halving | pbt (jcnn.sweep.search).
 
   grid         get_sweep() -> variants (dicts of hyperparameters and a seed)
   memory       how many variants one program may hold
+  cpu_chunk    the CPU cap on variants per program, measured once per machine
+  search       searches that decide inside the program: successive halving, population-based training
   lift         the train program's per-model functions lifted over the variant axis; train_variants
   results      mean ± std over seeds, ranked; the markdown table
 

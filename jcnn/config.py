@@ -374,8 +374,9 @@ def diff(saved: Mapping[str, Any], new: Mapping[str, Any], allowed=RESUMABLE_CHA
 # here plus a model field (or optimizer hyperparameter, or make_train_step argument) that accepts a traced value.
 #
 # `lo`, `hi` (inclusive) and `perturb` are for a population-based search: the range it may move a value within, and
-# how it moves one ('scale': multiply the value, then clip to [lo, hi]; 'resample': draw a new value, for categories).
-PERTURBS = ("scale", "resample")
+# how it moves one ('scale': multiply the value, then clip to [lo, hi]; 'resample': draw a new value, for categories;
+# 'none': not at all, for a value read only when the parameters are initialised).
+PERTURBS = ("scale", "resample", "none")
 
 
 class Axis(NamedTuple):
@@ -385,7 +386,7 @@ class Axis(NamedTuple):
   encode: Callable[[Any], Any] = float
   lo: float = float("-inf")   # the range a population-based search keeps a perturbed value in (inclusive)
   hi: float = float("inf")
-  perturb: str = "scale"      # how PBT explores it: 'scale' (x0.8 / x1.2, or resample) or 'resample' only
+  perturb: str = "scale"      # how PBT explores it: 'scale' (x0.8 / x1.2, or resample), 'resample' only, or 'none'
 
   @property
   def section(self) -> str:
@@ -404,7 +405,7 @@ def _activation_index(name):
 INF = float("inf")
 SWEEP_AXES = (
     Axis("dropout_rate", "model.dropout_rate", lo=0.0, hi=0.95),
-    Axis("init_scale", "model.init_scale", lo=1e-3, hi=100.0),
+    Axis("init_scale", "model.init_scale", lo=1e-3, hi=100.0, perturb="none"),   # read at initialisation only
     Axis("activation", "model.activation", "int32", _activation_index, perturb="resample"),
     Axis("learning_rate", "optim.learning_rate", lo=1e-8, hi=10.0),
     Axis("weight_decay", "optim.weight_decay", lo=0.0, hi=1.0),   # injected only by adamw: sweeping it needs adamw

@@ -228,6 +228,9 @@ def _plan(config, configs, variants, sweep, workdir: str, resumed: bool):
     if key not in loaded:
       loaded[key] = data_lib.load(c.data, seed=c.train.seed, put=np.asarray, task=c.train.task)
     host_ds.append(loaded[key])
+    if sweep.search != "grid" and host_ds[-1].val_x is None:
+      raise ConfigError(f"sweep.search={sweep.search} ranks variants on the validation split, and "
+                        f"{c.data.path or c.data.name} has none: set config.data.val_size (e.g. 5000)")
   for gi, (c, ds) in enumerate(zip(configs, host_ds)):
     jax.eval_shape(program_lib.single_program(c, ds).init)   # ShapeError, before any file, if a model cannot
     if str(gi) not in plan:

@@ -17,6 +17,7 @@ os.environ["JCNN_COMPILATION_CACHE"] = "0"
 # Nor do they measure the machine or write its per-machine choices (jcnn.parallel.machine): the chunk size is the fixed default.
 os.environ["JCNN_MACHINE_CACHE"] = "0"
 os.environ.pop("JCNN_MICRO_BATCH_CPU", None)
+os.environ.pop("JCNN_VARIANT_CHUNK_CPU", None)   # nor a user's cap on variants per CPU program (jcnn.sweep.cpu_chunk)
 # The oneDNN convolution (jcnn.nn.onednn) is compiled once per test session into a folder of its own, shared with the
 # tests' subprocesses through the environment; ~/.cache is left alone.
 if "JCNN_ONEDNN_CACHE" not in os.environ:
@@ -54,6 +55,25 @@ def write_idx_dataset(folder, train_x, train_y, test_x, test_y, gz: bool = True)
                   ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", test_y)):
     write_idx(os.path.join(str(folder), stem + ext), np.asarray(a))
   return str(folder)
+
+
+def small_sweep_config(epochs: int = 3, val_size: int = 16):
+  """The ablation_dropout experiment shrunk for checkpoint and search tests: synthetic 20x20x1 images (96 for training
+  less `val_size` held out, 40 for test), batches of 16, ConvNet(8, 8, 8; dense 16), train metrics every 2 steps."""
+  from experiments import ablation_dropout  # pylint: disable=g-import-not-at-top
+  c = ablation_dropout.get_config()
+  c.data.name = "synthetic"
+  c.data.synthetic_shape = (20, 20, 1)
+  c.data.synthetic_size = (96, 40)
+  c.data.train_limit = 0
+  c.data.val_size = val_size
+  c.train.epochs = epochs
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 16
+  c.train.log_every = 2
+  c.model.features = (8, 8, 8)
+  c.model.dense = 16
+  return c
 
 
 def require(module: str, extra: str):

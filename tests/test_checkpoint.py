@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, small_sweep_config
 
 from experiments import ablation_dropout
 from jcnn.errors import ConfigError, Diverged, Interrupted
@@ -25,18 +25,7 @@ from jcnn.train import checkpoint, program as program_lib, workdir as workdir_li
 
 
 def tiny_config(epochs=3):
-  c = ablation_dropout.get_config()
-  c.data.name = "synthetic"
-  c.data.synthetic_shape = (20, 20, 1)
-  c.data.synthetic_size = (96, 40)
-  c.data.train_limit = 0
-  c.data.val_size = 16        # 80 training images: 5 steps of 16 per epoch
-  c.train.epochs = epochs
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 16
-  c.train.log_every = 2
-  c.model.features = (8, 8, 8)
-  c.model.dense = 16
+  c = small_sweep_config(epochs)   # 80 training images: 5 steps of 16 per epoch
   c.model.dropout_rate = 0.25
   return c
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import ROOT, small_sweep_config
 
 from experiments import ablation_dropout
 from jcnn import config as config_lib, data as data_lib, models
@@ -24,23 +25,9 @@ from jcnn.sweep import lift, search
 from jcnn.train import checkpoint, loop, optim
 from jcnn.train.program import RunState
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def tiny_config(epochs=3):
-  c = ablation_dropout.get_config()
-  c.data.name = "synthetic"
-  c.data.synthetic_shape = (20, 20, 1)
-  c.data.synthetic_size = (96, 40)
-  c.data.train_limit = 0
-  c.data.val_size = 32        # 64 training images: 4 steps of 16 per epoch
-  c.train.epochs = epochs
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 16
-  c.train.log_every = 2
-  c.model.features = (8, 8, 8)
-  c.model.dense = 16
-  return c
+  return small_sweep_config(epochs, val_size=32)   # 64 training images: 4 steps of 16 per epoch
 
 
 def tiny_sweep(kind):
@@ -51,7 +38,7 @@ def tiny_sweep(kind):
   s.search = kind
   s.rungs = (1, 2)
   s.eta = 2
-  s.pbt_interval = 6         # steps: mid-epoch (6) and on an epoch's end (12)
+  s.pbt_interval = 5         # steps: decisions after steps 5 and 10, mid-epoch; none after the last (12th)
   s.pbt_quantile = 0.25
   return s
 
@@ -200,6 +187,20 @@ def test_pbt_exploit_copies_the_whole_state_and_explore_perturbs_by_hand():
   np.testing.assert_array_equal(new.acc["loss_sum"], rs.acc["loss_sum"])
   np.testing.assert_array_equal(np.asarray(new.search["hp"]["learning_rate"])[kept],
                                 np.asarray(rs.search["hp"]["learning_rate"])[kept])
+  # A diverged variant is never a source, however well it scored; it ranks last, so it is a target.
+  failed = rs.replace(failed_at=rs.failed_at.at[1].set(3))
+  new, events = found.decide(failed, 6, 2, sums)
+  assert {e["source"] for e in events} <= {5, 3} and 1 in {e["target"] for e in events}   # top 2 now: 5, 3
+  # A swept optimizer hyperparameter PBT does not explore stays the target's own (the copied optimizer state
+  # carried the source's).
+  s.pbt_axes = ("dropout_rate",)
+  only_dropout = search.make(config, s, variants, ["dropout_rate", "learning_rate"], STEPS, "accuracy")
+  new, events = only_dropout.decide(rs, 6, 2, sums)
+  for e in events:
+    t = e["target"]
+    assert float(optim.learning_rate_of(new.train.opt_state)[t]) == pytest.approx(1e-3 * (t + 1))
+    assert set(e["after"]) == {"dropout_rate"}
+  s.pbt_axes = ()
   # Clipped to the axis's range, and resampled from the grid's values when asked.
   s.pbt_resample = 1.0
   found = search.make(config, s, variants, ["dropout_rate", "learning_rate"], STEPS, "accuracy")
@@ -220,7 +221,7 @@ def test_pbt_run_lineage_schedule_and_picture(tmp_path_factory):
   workdir, out, _ = searched("pbt", tmp_path_factory)
   events = lineage(workdir)
   n = len(out["results"])
-  assert {e["step"] for e in events} == {6, 12}         # every pbt_interval steps (the 12th ends epoch 3)
+  assert {e["step"] for e in events} == {5, 10}         # every pbt_interval steps, none after the last (12th)
   assert len(events) == 2 * max(1, int(0.25 * n))       # the bottom quantile, at each decision
   grid = {"learning_rate": (1e-3, 3e-3), "dropout_rate": (0.0, 0.25, 0.5)}
   def hp_at(v, step):   # a variant's hyperparameters just before the decision at `step`, from the lineage alone
@@ -285,6 +286,7 @@ BAD = [
     ("pbt", {"pbt_quantile": 0.6}, r"must be in \(0, 0.5\]"),
     ("pbt", {"pbt_quantile": 0.0}, r"must be in \(0, 0.5\]"),
     ("pbt", {"pbt_axes": ("init_scale",)}, "init_scale is not swept"),
+    ("pbt", {"pbt_axes": ("init_scale",), "init_scale": (0.5, 1.0)}, "init_scale acts only when the parameters are"),
     ("pbt", {"pbt_axes": ("activation",), "activation": ("relu", "tanh"), "pbt_resample": 0.0},
      "activation cannot be perturbed"),
     ("halving", {"seeds": 1, "dropout_rate": (0.5,)}, "needs at least 2 variants"),
@@ -317,6 +319,21 @@ def test_search_without_validation_split_from_the_command_line(tmp_path):
   assert lines[-1].startswith("error: sweep.search=halving ranks variants on the validation split: set "
                               "config.data.val_size"), proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_search_on_own_arrays_needs_a_validation_split(tmp_path):
+  rng = np.random.default_rng(0)   # an .npz of one's own, with a train and a test split and no validation split
+  x = {s: rng.integers(0, 256, (n, 20, 20), dtype=np.uint8) for s, n in (("train", 64), ("test", 16))}
+  np.savez(tmp_path / "d.npz", **{f"{k}_{s}": v for s in x for k, v in (("x", x[s]), ("y", np.arange(len(x[s])) % 10))})
+  config = tiny_config()
+  config.data.name, config.data.path, config.data.val_size = "arrays", str(tmp_path / "d.npz"), 0
+  with pytest.raises(ConfigError, match=r"ranks variants on the validation split, and .*d.npz has none: set "
+                                        r"config.data.val_size") as e:
+    run_sweep(config, tiny_sweep("halving"), str(tmp_path / "w"))
+  assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "w")
+  config.data.val_size = 16          # held out of its training split: the search runs
+  out = run_sweep(config, tiny_sweep("halving"), str(tmp_path / "w"))
+  assert sorted(r["epochs_trained"] for r in out["results"]) == [1, 1, 1, 2, 2, 3]   # 6 -> 3 -> 1 over rungs 1, 2
 
 
 def test_search_that_does_not_fit_in_one_program_is_refused(tmp_path, monkeypatch):

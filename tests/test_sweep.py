@@ -237,10 +237,15 @@ def test_cpu_variant_cap_from_paired_windows_and_in_the_plan(monkeypatch, tmp_pa
   s.max_chunk = 1                                 # the smaller of the two caps
   assert experiment._plan(config, [config], variants, s, str(tmp_path / "b"), False)[0]["0"] == 1
   s.max_chunk, s.search, s.rungs = 0, "halving", (1,)   # a search keeps every variant in one program
+  config.data.val_size = 16
   assert experiment._plan(config, [config], variants, s, str(tmp_path / "c"), False)[0]["0"] == 5
   monkeypatch.setenv("JCNN_VARIANT_CHUNK_CPU", "0")
   s.search = "grid"
   assert experiment._plan(config, [config], variants, s, str(tmp_path / "d"), False)[0]["0"] == 5
+  for bad in ("-1", "abc"):
+    monkeypatch.setenv("JCNN_VARIANT_CHUNK_CPU", bad)
+    with pytest.raises(ConfigError, match=rf"JCNN_VARIANT_CHUNK_CPU='{bad}': must be an integer >= 0"):
+      experiment._plan(config, [config], variants, s, str(tmp_path / "e"), False)
 
 
 def test_bytes_per_variant_by_hand():

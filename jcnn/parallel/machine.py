@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Callable
 
+from jcnn.errors import ConfigError
 from jcnn.nn import measured
 
 # The /proc/cpuinfo flags worth recording: the vector extensions XLA:CPU, oneDNN and PyTorch pick kernels by.
@@ -136,6 +137,13 @@ def _key(batch: int) -> str:
           f"|probe {PROBE_VERSION}|batch {batch}")
 
 
+def _count(name: str, value: str, meaning: str) -> int:
+  """An environment setting that must be an integer >= 0, or one line naming the fix."""
+  if not value.strip().isdigit():
+    raise ConfigError(f"{name}={value!r}: must be an integer >= 0 ({meaning}); unset it to measure")
+  return int(value)
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> int:
   """The automatic CPU chunk size for a step of `batch` examples on this machine:
@@ -147,7 +155,7 @@ def cpu_micro_batch(batch: int, probe: Callable[[int], dict], default: int) -> i
   The probe is passed in by the train step that asks, so this module knows nothing of training."""
   env = os.environ.get("JCNN_MICRO_BATCH_CPU")
   if env:
-    return int(env) or batch
+    return _count("JCNN_MICRO_BATCH_CPU", env, "examples per chunk; 0 = the whole batch") or batch
   if cache_dir() is None:
     return default
   return int(measured.lookup("machine.json", _key(batch), lambda: probe(batch))["chunk"])
@@ -161,7 +169,7 @@ def cpu_variant_chunk(batch: int, probe: Callable[[int], dict]) -> int:
        by `probe(batch)` -> {'chunk', ...} the first time (jcnn.sweep.cpu_chunk.probe) and written there."""
   env = os.environ.get("JCNN_VARIANT_CHUNK_CPU")
   if env:
-    return int(env)
+    return _count("JCNN_VARIANT_CHUNK_CPU", env, "variants per CPU sweep program; 0 = no cap")
   if cache_dir() is None:
     return 0
   return _variant_chunk(batch, probe)

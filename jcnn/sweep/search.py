@@ -11,8 +11,10 @@
            state of one drawn from the top quantile (parameters, optimizer state with its injected learning rate,
            BatchNorm statistics, loss scale), keeps its own seed (dropout and data order), and explores: each of
            `sweep.pbt_axes` is resampled from the grid's values with probability `sweep.pbt_resample`, else
-           multiplied by 0.8 or 1.2, then clipped to the axis's range (jcnn.config.SWEEP_AXES). Ranking, copying and
-           perturbing run in one jitted function over the variant axis: parameters never visit the host.
+           multiplied by 0.8 or 1.2, then clipped to the axis's range (jcnn.config.SWEEP_AXES). Swept axes it does
+           not explore stay the target's own (the optimizer's injected copies included); a diverged variant is never
+           a source; no decision follows the last step. Ranking, copying and perturbing run in one jitted function
+           over the variant axis: parameters never visit the host.
 
 The search's state lives in the RunState (`search`: 'alive' or 'hp'), so it is checkpointed with the parameters;
 its events (who stopped, who copied whom) go to the checkpoint's metadata and to `lineage.jsonl`. Its random draws
@@ -54,7 +56,7 @@ def check(config, sweep, n_variants: int, swept: Sequence[str], groups: Sequence
     raise ConfigError(f"sweep.search={kind!r}: must be one of {', '.join(SEARCHES)}")
   if kind == "grid":
     return
-  if config.data.val_size <= 0:
+  if config.data.val_size <= 0 and not (config.data.path or config.data.name.startswith("tfds:")):
     raise ConfigError(f"sweep.search={kind} ranks variants on the validation split: set config.data.val_size (e.g. "
                       f"--config.data.val_size=5000)")
   if n_variants < 2:
@@ -88,6 +90,9 @@ def check(config, sweep, n_variants: int, swept: Sequence[str], groups: Sequence
     if name not in swept:
       raise ConfigError(f"sweep.pbt_axes: {name} is not swept; give sweep.{name} a tuple of values (the population "
                         f"starts from them)")
+    if _AXES[name].perturb == "none":
+      raise ConfigError(f"sweep.pbt_axes: {name} acts only when the parameters are initialised, so changing it later "
+                        f"changes nothing: leave it out of sweep.pbt_axes")
     if _AXES[name].perturb == "resample" and p == 0:
       raise ConfigError(f"sweep.pbt_axes: {name} cannot be perturbed (x0.8 / x1.2 means nothing for it), only "
                         f"resampled: set sweep.pbt_resample > 0 or leave {name} out of sweep.pbt_axes")
@@ -100,7 +105,7 @@ def pbt_axes(sweep, swept: Sequence[str]) -> list[str]:
   """The axes PBT explores: sweep.pbt_axes, or every swept axis it can perturb (or resample, when pbt_resample > 0)."""
   if tuple(sweep.pbt_axes):
     return list(sweep.pbt_axes)
-  return [a for a in swept if _AXES[a].perturb == "scale" or sweep.pbt_resample > 0]
+  return [a for a in swept if _AXES[a].perturb == "scale" or (_AXES[a].perturb == "resample" and sweep.pbt_resample > 0)]
 
 
 def make(config, sweep, variants: Sequence[dict], swept: Sequence[str], steps_per_epoch: int, metric: str,
@@ -136,6 +141,7 @@ def _halving(config, sweep, n: int, metric: str, place) -> Search:
   def decide(rs, step, epoch, val_sums):
     alive = np.asarray(mesh_lib.host(rs.search["alive"]))[:n]
     s = np.asarray(mesh_lib.host(score(val_sums, metric)))[:n]
+    s = np.where(np.asarray(mesh_lib.host(rs.failed_at))[:n] >= 0, np.nan, s)   # a diverged variant ranks last
     ranked = sorted(np.flatnonzero(alive), key=lambda v: (-s[v] if np.isfinite(s[v]) else np.inf, v))
     keep = ranked[:max(1, int(len(ranked) // eta))]
     new = np.zeros(len(mesh_lib.host(rs.search["alive"])), bool)
@@ -157,6 +163,9 @@ def _pbt(config, sweep, variants, swept, steps_per_epoch: int, metric: str, plac
   interval = sweep.pbt_interval or steps_per_epoch
   q = max(1, int(sweep.pbt_quantile * n))
   grid_values = {a: jnp.asarray(sorted({_AXES[a].encode(v[a]) for v in variants}), _AXES[a].dtype) for a in axes}
+  # Swept optimizer hyperparameters PBT does not explore: the copied optimizer state carries the source's injected
+  # values, so each target gets its own back (as every other unexplored axis stays its own).
+  own = {a: [_AXES[a].encode(v[a]) for v in variants] for a in swept if a not in axes and _AXES[a].section == "optim"}
   resample_p = float(sweep.pbt_resample)
   root = jax.random.fold_in(jax.random.key(config.train.seed), 0x5EA)
 
@@ -167,7 +176,7 @@ def _pbt(config, sweep, variants, swept, steps_per_epoch: int, metric: str, plac
   def exploit_explore(rs, fitness, key):
     V = fitness.shape[0]
     f = jnp.where(jnp.arange(V) < n, fitness, -jnp.inf)        # padding copies rank last and are never drawn
-    f = jnp.where(jnp.isnan(f), -jnp.inf, f)
+    f = jnp.where(jnp.isnan(f) | (rs.failed_at >= 0), -jnp.inf, f)   # a diverged variant is never a source
     order = jnp.argsort(-f, stable=True)                       # best first; ties: the lower index first
     top, bottom = order[:q], order[n - q:n]                    # [q] each
     k_src, k_how, k_factor, k_value = jax.random.split(key, 4)
@@ -187,6 +196,9 @@ def _pbt(config, sweep, variants, swept, steps_per_epoch: int, metric: str, plac
       new[a] = jnp.where(moved, jnp.where(resample, drawn, scaled), old[a])
       if ax.section == "optim":   # the optimizer reads its injected copy
         train = train.replace(opt_state=optim.set_hyperparam(train.opt_state, ax.field, new[a]))
+    for a, values in own.items():
+      values = jnp.asarray(values + values[-1:] * (V - n), _AXES[a].dtype)   # [V] (padding copies: the last's)
+      train = train.replace(opt_state=optim.set_hyperparam(train.opt_state, _AXES[a].field, values))
     train = train.replace(step=rs.train.step)                  # (the same in lockstep; kept explicit)
     rs = rs.replace(train=train, failed_at=rs.failed_at[src], search={"hp": new})
     return rs, src, moved, old, new
@@ -203,7 +215,8 @@ def _pbt(config, sweep, variants, swept, steps_per_epoch: int, metric: str, plac
               for v in np.flatnonzero(moved[:n])]
     return rs, events
 
-  return Search("pbt", start, lambda step, epoch_end, epoch: step % interval == 0, decide, n)
+  last = config.train.epochs * steps_per_epoch   # no decision after the last step: the results are the trained state
+  return Search("pbt", start, lambda step, epoch_end, epoch: step % interval == 0 and step < last, decide, n)
 
 
 def _plain(x) -> float | int:
@@ -217,8 +230,15 @@ def hyperparameters_over_time(variants: Sequence[dict], events: Sequence[dict], 
   out = [{"variant": v, "schedule": [(0, {a: variants[v][a] for a in axes})]} for v in range(len(variants))]
   for e in events:
     if e["event"] == "exploit":
-      out[e["target"]]["schedule"].append((e["step"], dict(e["after"])))
+      out[e["target"]]["schedule"].append((e["step"], {a: _named(a, x, variants) for a, x in e["after"].items()}))
   return out
+
+
+def _named(axis: str, x, variants: Sequence[dict]):
+  """An event's value as the grid writes it: an activation index back to its name."""
+  if isinstance(x, int) and not isinstance(x, bool):
+    return next((v[axis] for v in variants if _AXES[axis].encode(v[axis]) == x), x)
+  return x
 
 
 def ancestry(best: int, events: Sequence[dict]) -> list[tuple[int, int]]:

@@ -4,6 +4,7 @@
   step         losses, TrainState, the pure train and eval steps (chunks on CPU, mixed precision), evaluate
   program      a run's per-model functions (init / step / evaluate / batches) bound into a Program
   loop         the one loop over a Program: restore or init, steps, evaluation, writers, checkpoints, stop signals
+  decide       early stopping, reduce-on-plateau and the best checkpoint: a run's decisions on its epoch rows
   checkpoint   orbax save / restore / resume, and a trained run's model for inference
   workdir      a run's folder: new, resumed or refused; held by one process at a time; config.json
   writers      progress line, metrics.jsonl, TensorBoard, final files; plots draws their PNGs

@@ -84,6 +84,7 @@ def probe(batch: int, candidates=CANDIDATES, windows: int = 7, window_s: float =
     t0 = time.perf_counter()
     states[v] = jax.block_until_ready(p.step(states[v], b))
     reps[v] = max(1, int(window_s / max(time.perf_counter() - t0, 1e-6)))
+
   def rate(v):   # model-images/s over one window of V's step
     p, b = runs[v]
     t0 = time.perf_counter()

@@ -331,7 +331,9 @@ def test_search_on_own_arrays_needs_a_validation_split(tmp_path):
                                         r"config.data.val_size") as e:
     run_sweep(config, tiny_sweep("halving"), str(tmp_path / "w"))
   assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "w")
-  config.data.val_size = 16          # held out of its training split: the search runs
+  x["val"] = rng.integers(0, 256, (32, 20, 20), dtype=np.uint8)   # the same file with a validation split of its own
+  np.savez(tmp_path / "v.npz", **{f"{k}_{s}": v for s in x for k, v in (("x", x[s]), ("y", np.arange(len(x[s])) % 10))})
+  config.data.path = str(tmp_path / "v.npz")     # val_size stays 0: the search ranks on the file's own split
   out = run_sweep(config, tiny_sweep("halving"), str(tmp_path / "w"))
   assert sorted(r["epochs_trained"] for r in out["results"]) == [1, 1, 1, 2, 2, 3]   # 6 -> 3 -> 1 over rungs 1, 2
 

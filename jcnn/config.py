@@ -328,6 +328,13 @@ def check_task(config) -> None:
                       f"config.train.task=regress)")
 
 
+def may_have_val(data: Mapping[str, Any]) -> bool:
+  """Whether a data section gives a validation split before it is loaded: data.val_size > 0, or a data.path / TFDS
+  source, which may bring its own (jcnn.data.load refuses val_size > 0 for one that does)."""
+  data = with_defaults("data", data)
+  return data["val_size"] > 0 or bool(data["path"]) or data["name"].startswith("tfds:")
+
+
 def check_decisions(config, has_val: bool | None = None) -> None:
   """Early stopping, reduce-on-plateau and the best checkpoint must watch a metric the epoch rows record: a train_*
   or val_* metric of train.task, val_* only with a validation split. `has_val`: whether the loaded data has one
@@ -335,7 +342,7 @@ def check_decisions(config, has_val: bool | None = None) -> None:
   train, data = with_defaults("train", config.get("train")), with_defaults("data", config.get("data"))
   stop, ckpt = with_defaults("stop", config.get("stop")), with_defaults("checkpoint", config.get("checkpoint"))
   if has_val is None:
-    has_val = data["val_size"] > 0 or bool(data["path"]) or data["name"].startswith("tfds:")
+    has_val = may_have_val(data)
   names = TASK_METRICS[train["task"]]
   for field, metric in (("stop.metric", stop["metric"]), ("stop.plateau_metric", stop["plateau_metric"]),
                         ("checkpoint.best", ckpt["best"])):

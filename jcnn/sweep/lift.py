@@ -27,8 +27,7 @@ def _decoded(axis: str, x, variants: Sequence[dict]):
   """A hyperparameter back from the device as the grid writes it (an activation index: the grid's name for it)."""
   x = jax.device_get(x)
   if jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
-    encode = {a.name: a.encode for a in config_lib.SWEEP_AXES}[axis]
-    return next((v[axis] for v in variants if encode(v[axis]) == int(x)), int(x))
+    return search_lib.named(axis, int(x), variants)
   return float(f"{float(x):.7g}")   # a float32 as written (1e-3, not 0.0010000000474974513)
 
 

@@ -56,7 +56,7 @@ def check(config, sweep, n_variants: int, swept: Sequence[str], groups: Sequence
     raise ConfigError(f"sweep.search={kind!r}: must be one of {', '.join(SEARCHES)}")
   if kind == "grid":
     return
-  if config.data.val_size <= 0 and not (config.data.path or config.data.name.startswith("tfds:")):
+  if not config_lib.may_have_val(config.data):
     raise ConfigError(f"sweep.search={kind} ranks variants on the validation split: set config.data.val_size (e.g. "
                       f"--config.data.val_size=5000)")
   if n_variants < 2:
@@ -230,12 +230,12 @@ def hyperparameters_over_time(variants: Sequence[dict], events: Sequence[dict], 
   out = [{"variant": v, "schedule": [(0, {a: variants[v][a] for a in axes})]} for v in range(len(variants))]
   for e in events:
     if e["event"] == "exploit":
-      out[e["target"]]["schedule"].append((e["step"], {a: _named(a, x, variants) for a, x in e["after"].items()}))
+      out[e["target"]]["schedule"].append((e["step"], {a: named(a, x, variants) for a, x in e["after"].items()}))
   return out
 
 
-def _named(axis: str, x, variants: Sequence[dict]):
-  """An event's value as the grid writes it: an activation index back to its name."""
+def named(axis: str, x, variants: Sequence[dict]):
+  """A searched value as the grid writes it: an activation index back to its name (other values unchanged)."""
   if isinstance(x, int) and not isinstance(x, bool):
     return next((v[axis] for v in variants if _AXES[axis].encode(v[axis]) == x), x)
   return x
@@ -312,4 +312,4 @@ def epochs_trained(events: Sequence[dict], n: int, epochs: int) -> int:
 
 
 __all__ = ["SEARCHES", "Search", "check", "make", "pbt_axes", "score", "hyperparameters_over_time", "ancestry",
-           "schedule_along", "plot", "rung_reached", "epochs_trained"]
+           "schedule_along", "plot", "rung_reached", "epochs_trained", "named"]
